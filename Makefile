@@ -1,0 +1,101 @@
+# rtretry: a patch set against the livekit/agents monorepo. Patches are the source of truth;
+# the upstream tree (livekit-agents/, livekit-plugins/) is generated. `make help` lists targets.
+
+LINE    ?= 1.8.9
+PYTHON  ?= python3
+PQ      := $(PYTHON) tools/pq.py --line $(LINE)
+
+BUILD_VENV    := build/build-venv
+VENV          := .venv
+PRISTINE_VENV := .venv-pristine
+SDISTS        := .cache/sdist/$(LINE)
+PYTEST_ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help fetch apply apply-pristine export check-export check-series wheels venv \
+        venv-pristine lint typecheck pytest pristine-check test bench clean distclean
+
+help: ## list the targets
+	@echo "rtretry patch set on livekit-agents (LINE=$(LINE); other lines: LINE=<version>)"
+	@echo
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1|\2/' \
+	  | sed 's/$$(LINE)/$(LINE)/g' | awk -F'|' '{ printf "  %-18s %s\n", $$1, $$2 }'
+
+fetch: ## download the pinned upstream sdists from PyPI and verify their sha256
+	$(PQ) fetch
+
+apply: ## generate livekit-agents/ + livekit-plugins/ and git-am patches/$(LINE)/
+	$(PQ) apply
+
+apply-pristine: ## generate the upstream tree with no patch applied
+	$(PQ) apply --pristine
+
+export: ## rewrite patches/$(LINE)/ from the commits in the generated tree
+	$(PQ) export
+
+check-export: ## apply + export must leave patches/$(LINE)/ byte-identical
+	$(PQ) check-export
+
+check-series: ## every prefix of the series applies and compiles (bisectable)
+	$(PQ) check-series
+
+PATCHES      := upstream/$(LINE).toml patches/$(LINE)/series $(wildcard patches/$(LINE)/*.patch)
+WHEELS_STAMP := dist/.built-$(LINE)
+
+$(BUILD_VENV)/.ok: requirements/build.txt
+	rm -rf $(BUILD_VENV) && $(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/pip install -q -r requirements/build.txt
+	touch $@
+
+$(WHEELS_STAMP): $(BUILD_VENV)/.ok $(PATCHES) tools/pq.py
+	$(PQ) apply
+	$(PQ) wheels --python $(BUILD_VENV)/bin/python
+	touch $@
+
+wheels: $(WHEELS_STAMP) ## build the forked wheels into dist/ and verify them in a fresh venv
+
+$(VENV)/.ok: $(WHEELS_STAMP) requirements/test.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements/test.txt
+	$(VENV)/bin/pip install -q --force-reinstall --no-deps dist/*.whl
+	$(VENV)/bin/pip install -q dist/*.whl
+	$(VENV)/bin/pip check
+	touch $@
+
+venv: $(VENV)/.ok ## .venv: the forked wheels + test tools
+
+$(PRISTINE_VENV)/.ok: upstream/$(LINE).toml requirements/test.txt
+	$(PQ) fetch
+	test -x $(PRISTINE_VENV)/bin/python || $(PYTHON) -m venv $(PRISTINE_VENV)
+	$(PRISTINE_VENV)/bin/pip install -q -r requirements/test.txt $(SDISTS)/*.tar.gz
+	touch $@
+
+venv-pristine: $(PRISTINE_VENV)/.ok ## .venv-pristine: unpatched upstream (the verified sdists)
+
+lint: venv ## ruff (upstream's config) over our code, and over the files the series touches
+	$(VENV)/bin/ruff check tests tools
+	$(VENV)/bin/ruff format --check tests tools
+	$(PQ) touched | xargs -r $(VENV)/bin/ruff check --config pyproject.toml
+	$(PQ) touched | xargs -r $(VENV)/bin/ruff format --check --config pyproject.toml
+
+typecheck: venv ## mypy --strict: no new errors in the files the series touches
+	$(PYTHON) tools/typecheck.py --line $(LINE) --python $(VENV)/bin/python
+
+pytest: venv ## the test suite against the forked wheels
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+pristine-check: venv-pristine ## the regression tests must fail on pristine upstream
+	$(PRISTINE_VENV)/bin/python -m pytest --pristine $(PYTEST_ARGS)
+
+test: lint typecheck pristine-check check-export pytest ## all that CI runs; builds and installs what it needs
+
+bench: venv venv-pristine ## pristine vs patched bench; writes bench/REPORT.md and bench/results/
+	$(VENV)/bin/pip install -q -r requirements/bench.txt
+	$(VENV)/bin/python bench/run.py --line $(LINE) --patched $(VENV)/bin/python \
+	  --pristine $(PRISTINE_VENV)/bin/python
+
+clean: ## remove build outputs and the generated upstream tree (keeps downloaded sdists)
+	rm -rf build dist .pq livekit-agents livekit-plugins
+
+distclean: clean ## also remove venvs and the sdist cache
+	rm -rf $(VENV) $(PRISTINE_VENV) .cache
