@@ -33,9 +33,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PQ_DIR = ROOT / ".pq"
@@ -268,7 +269,9 @@ def _git_am(line: Line, names: list[str]) -> None:
             )
 
 
-def apply(line: Line, *, pristine: bool = False, upto: int | None = None, force: bool = False) -> None:
+def apply(
+    line: Line, *, pristine: bool = False, upto: int | None = None, force: bool = False
+) -> None:
     """Generate the upstream tree and apply the series (or a prefix of it)."""
     sdists = fetch(line)
     _guard_unsaved_work(force)
@@ -438,8 +441,11 @@ def verify_wheels(line: Line, out: Path) -> None:
     res = run([py, "-c", probe], check=False)
     if res.returncode != 0:
         raise PqError(f"the installed wheels failed the import check:\n{res.stderr}")
-    print(f"pq: verified {len(wheel_files)} wheels in a fresh venv: pip check clean, "
-          f"livekit.plugins.openai imports, version {res.stdout.strip()}", file=sys.stderr)
+    print(
+        f"pq: verified {len(wheel_files)} wheels in a fresh venv: pip check clean, "
+        f"livekit.plugins.openai imports, version {res.stdout.strip()}",
+        file=sys.stderr,
+    )
 
 
 # --- cli ---------------------------------------------------------------------------------
