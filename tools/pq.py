@@ -232,6 +232,10 @@ def _materialise(line: Line, sdists: dict[str, Path]) -> None:
     ugit("config", "core.bare", "false")
     ugit("config", "core.autocrlf", "false")
     ugit("config", "status.showUntrackedFiles", "normal")
+    if not ugit("config", "user.email", check=False).strip():
+        # a machine with no git identity (CI) can still commit in the generated tree
+        ugit("config", "user.name", "rtretry")
+        ugit("config", "user.email", "rtretry@users.noreply.github.com")
     exclude = ["/*"] + [f"!/{name}/" for name in sorted(top)]
     (GIT_DIR / "info").mkdir(exist_ok=True)
     (GIT_DIR / "info" / "exclude").write_text("\n".join(exclude) + "\n")

@@ -1,0 +1,131 @@
+"""The patch queue tool (tools/pq.py): apply, export round trip, failure reporting, pins.
+
+Each test runs the real tool in a scratch copy of this repository's tooling (its own
+``patches/``, pin file and sdist cache), so nothing here touches the working tree.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[1]
+LINE = "1.8.9"
+CACHE = REPO / ".cache" / "sdist" / LINE
+
+
+def _pq(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(root / "tools" / "pq.py"), "--line", LINE, *args],
+        cwd=root,
+        text=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    """A copy of the tooling, pins, patches and the verified sdist cache."""
+    if not all((CACHE / name).exists() for name in _pinned_sdists()):
+        pytest.skip("the pinned sdists are not cached; run `make fetch` first")
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "tools", root / "tools", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "upstream", root / "upstream")
+    shutil.copytree(REPO / "patches" / LINE, root / "patches" / LINE)
+    (root / ".cache" / "sdist").mkdir(parents=True)
+    (root / ".cache" / "sdist" / LINE).symlink_to(CACHE)
+    return root
+
+
+def _pinned_sdists() -> list[str]:
+    import tomllib
+
+    pin = tomllib.loads((REPO / "upstream" / f"{LINE}.toml").read_text())
+    return [pkg["sdist"] for pkg in pin["package"]]
+
+
+def _patch_bytes(root: Path) -> dict[str, bytes]:
+    folder = root / "patches" / LINE
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "COVER.md"}
+
+
+def test_export_without_edits_is_byte_identical(scratch: Path) -> None:
+    before = _patch_bytes(scratch)
+    assert _pq(scratch, "apply").returncode == 0
+    proc = _pq(scratch, "export")
+    assert proc.returncode == 0, proc.stderr
+    assert _patch_bytes(scratch) == before
+    assert _pq(scratch, "check-export").returncode == 0
+
+
+def test_export_picks_up_a_new_commit(scratch: Path) -> None:
+    assert _pq(scratch, "apply").returncode == 0
+    target = scratch / "livekit-agents" / "livekit" / "agents" / "version.py"
+    target.write_text(target.read_text() + "# rtretry test edit\n")
+    # an uncommitted edit is never thrown away silently
+    refused = _pq(scratch, "apply")
+    assert refused.returncode == 1
+    assert "uncommitted edits" in refused.stderr
+
+    commit = _pq(scratch, "git", "commit", "-q", "-a", "-m", "test: an edit")
+    assert commit.returncode == 0, commit.stderr
+    refused = _pq(scratch, "apply")
+    assert refused.returncode == 1 and "never exported" in refused.stderr
+
+    assert _pq(scratch, "export").returncode == 0
+    series = (scratch / "patches" / LINE / "series").read_text().split()
+    assert series[-1].endswith("-test-an-edit.patch")
+    assert _pq(scratch, "check-export").returncode == 0
+
+
+def test_broken_patch_stops_the_build_and_names_patch_and_file(scratch: Path) -> None:
+    folder = scratch / "patches" / LINE
+    broken = folder / "0099-broken.patch"
+    broken.write_text(
+        "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+        "From: rtretry <rtretry@users.noreply.github.com>\n"
+        "Date: Sat, 21 Nov 2026 00:00:00 +0000\n"
+        "Subject: [PATCH] test: a patch whose context is not upstream's\n"
+        "\n"
+        "---\n"
+        "diff --git a/livekit-agents/livekit/agents/version.py "
+        "b/livekit-agents/livekit/agents/version.py\n"
+        "--- a/livekit-agents/livekit/agents/version.py\n"
+        "+++ b/livekit-agents/livekit/agents/version.py\n"
+        "@@ -15 +15 @@\n"
+        '-__version__ = "0.0.0"\n'
+        '+__version__ = "0.0.1"\n'
+    )
+    with (folder / "series").open("a") as f:
+        f.write("0099-broken.patch\n")
+
+    proc = _pq(scratch, "apply")
+    assert proc.returncode == 1
+    assert "patches/1.8.9/0099-broken.patch failed to apply" in proc.stderr
+    assert "livekit-agents/livekit/agents/version.py" in proc.stderr
+
+
+def test_sha256_mismatch_stops_the_build(scratch: Path) -> None:
+    pin = scratch / "upstream" / f"{LINE}.toml"
+    text = pin.read_text()
+    first_sha = text.split('sha256 = "', 1)[1].split('"', 1)[0]
+    pin.write_text(text.replace(first_sha, "0" * 64, 1))
+    proc = _pq(scratch, "fetch")
+    assert proc.returncode == 1
+    assert "sha256 mismatch" in proc.stderr and first_sha in proc.stderr
+
+
+def test_label_is_derived_from_the_series(scratch: Path) -> None:
+    label = _pq(scratch, "label").stdout.strip()
+    series = (scratch / "patches" / LINE / "series").read_text().splitlines()
+    n = len([entry for entry in series if entry and not entry.startswith("#")])
+    assert label.startswith(f"{LINE}+rtretry.{n}.g"), label
+    first = sorted((scratch / "patches" / LINE).glob("*.patch"))[0]
+    first.write_text(first.read_text().replace("Forwarded: not-yet", "Forwarded: elsewhere"))
+    assert _pq(scratch, "label").stdout.strip() != label
