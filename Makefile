@@ -10,6 +10,7 @@ VENV          := .venv
 PRISTINE_VENV := .venv-pristine
 SDISTS        := .cache/sdist/$(LINE)
 PYTEST_ARGS   ?=
+BENCH_ARGS    ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help fetch apply apply-pristine export check-export check-series wheels venv \
@@ -73,8 +74,8 @@ $(PRISTINE_VENV)/.ok: upstream/$(LINE).toml requirements/test.txt
 venv-pristine: $(PRISTINE_VENV)/.ok ## .venv-pristine: unpatched upstream (the verified sdists)
 
 lint: venv ## ruff (upstream's config) over our code, and over the files the series touches
-	$(VENV)/bin/ruff check tests tools
-	$(VENV)/bin/ruff format --check tests tools
+	$(VENV)/bin/ruff check tests tools bench
+	$(VENV)/bin/ruff format --check tests tools bench
 	$(PQ) touched | xargs -r $(VENV)/bin/ruff check --config pyproject.toml
 	$(PQ) touched | xargs -r $(VENV)/bin/ruff format --check --config pyproject.toml
 
@@ -92,7 +93,7 @@ test: lint typecheck pristine-check check-export pytest ## all that CI runs; bui
 bench: venv venv-pristine ## pristine vs patched bench; writes bench/REPORT.md and bench/results/
 	$(VENV)/bin/pip install -q -r requirements/bench.txt
 	$(VENV)/bin/python bench/run.py --line $(LINE) --patched $(VENV)/bin/python \
-	  --pristine $(PRISTINE_VENV)/bin/python
+	  --pristine $(PRISTINE_VENV)/bin/python $(BENCH_ARGS)
 
 clean: ## remove build outputs and the generated upstream tree (keeps downloaded sdists)
 	rm -rf build dist .pq livekit-agents livekit-plugins

@@ -1,0 +1,289 @@
+"""One bench suite in one build's interpreter; prints its result as one JSON line.
+
+Usage: ``<venv>/bin/python bench/worker.py <suite> '<json params>'``. The process imports the
+livekit-agents build installed in that venv and nothing else, and drives a real
+``AgentSession`` through the emulator of ``tests/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import random
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from livekit.agents import __version__  # noqa: E402
+from tests.harness import SessionHarness  # noqa: E402
+from tests.realtime_emulator import (  # noqa: E402
+    AcceptThenClose,
+    ErrorThenClose,
+    FailResponse,
+    FaultPlan,
+    HangHandshake,
+    RealtimeEmulator,
+    RejectUpgrade,
+)
+
+# the engine logs every failure; the bench reads events, not logs
+logging.getLogger("livekit.agents").setLevel(logging.CRITICAL)
+logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+FIRST_RETRY_BACKOFF = 0.1  # APIConnectOptions._interval_for_retry(0)
+
+
+async def _turn(h: SessionHarness, timeout: float = 10.0) -> bool:
+    """One generate_reply; True when its reply reached the audio sink."""
+    before = len(h.audio.frames)
+    handle = h.session.generate_reply(instructions="answer the user")
+    try:
+        await asyncio.wait_for(asyncio.shield(handle.wait_for_playout()), timeout)
+    except asyncio.TimeoutError:
+        return False
+    return len(h.audio.frames) > before and handle.exception() is None
+
+
+async def suite_success(p: float, turns: int, max_retry: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    # every response the emulator hands out fails before output with probability p
+    horizon = turns * (max_retry + 1) + 16
+    plan = FaultPlan(responses={n: FailResponse() for n in range(1, horizon) if rng.random() < p})
+    delivered = 0
+    sessions = 0
+    async with RealtimeEmulator(plan) as emu:
+        h: SessionHarness | None = None
+        try:
+            for _ in range(turns):
+                if h is None or h.closed.is_set():
+                    if h is not None:
+                        await h.aclose()
+                    h = await SessionHarness(
+                        emu, max_retry=max_retry, retry_interval=0.05, timeout=2.0,
+                        max_unrecoverable_errors=10**6,
+                    ).start()  # fmt: skip
+                    sessions += 1
+                delivered += await _turn(h)
+        finally:
+            if h is not None:
+                await h.aclose()
+        creates = emu.num_response_creates
+    return {
+        "p": p,
+        "turns": turns,
+        "delivered": delivered,
+        "creates": creates,
+        "sessions": sessions,
+    }
+
+
+async def suite_recovery(samples: int) -> dict[str, Any]:
+    # odd responses fail before output, even ones succeed: each turn recovers once
+    plan = FaultPlan(responses={n: FailResponse() for n in range(1, 2 * samples + 2, 2)})
+    to_create: list[float] = []
+    to_audio: list[float] = []
+    async with RealtimeEmulator(plan) as emu:
+        async with SessionHarness(emu, max_retry=3, retry_interval=0.05, timeout=2.0) as h:
+            frame_times: list[float] = []
+            original = h.audio.capture_frame
+
+            async def capture_frame(frame: Any) -> None:
+                frame_times.append(time.monotonic())
+                await original(frame)
+
+            h.audio.capture_frame = capture_frame  # type: ignore[method-assign]
+            rtt = await _loopback_rtt(emu)
+            for _ in range(samples):
+                n0 = len(emu.responses)
+                f0 = len(frame_times)
+                await _turn(h)
+                recs = emu.responses[n0:]
+                failed = next((r for r in recs if r.status == "failed"), None)
+                if failed is None or failed.done_at is None:
+                    continue
+                after = [r for r in recs if r.requested_at >= failed.done_at]
+                if not after:
+                    continue  # not re-issued (pristine)
+                to_create.append((after[0].requested_at - failed.done_at) * 1000)
+                if len(frame_times) > f0:
+                    to_audio.append((frame_times[f0] - failed.done_at) * 1000)
+    return {
+        "samples": samples,
+        "backoff_ms": FIRST_RETRY_BACKOFF * 1000,
+        "to_create_ms": to_create,
+        "to_audio_ms": to_audio,
+        "loopback_rtt_ms": rtt,
+    }
+
+
+async def _loopback_rtt(emu: RealtimeEmulator, rounds: int = 20) -> float:
+    """Median time for a client event to be answered by the emulator, over a raw socket."""
+    import aiohttp
+
+    times = []
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {emu.api_key}"}
+        async with http.ws_connect(f"{emu.ws_url}?model=gpt-realtime", headers=headers) as ws:
+            await ws.receive()  # session.created
+            for i in range(rounds):
+                t0 = time.monotonic()
+                await ws.send_json(
+                    {"type": "session.update", "event_id": f"rtt_{i}", "session": {}}
+                )
+                while (await ws.receive_json()).get("type") != "session.updated":
+                    pass
+                times.append((time.monotonic() - t0) * 1000)
+    times.sort()
+    return times[len(times) // 2]
+
+
+async def suite_happy(turns: int) -> dict[str, Any]:
+    async with RealtimeEmulator() as emu, SessionHarness(emu) as h:
+        for _ in range(3):  # warm up: first connection, imports, caches
+            await _turn(h)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for _ in range(turns):
+            await _turn(h)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        alloc_turns = max(5, turns // 4)
+        for _ in range(alloc_turns):
+            await _turn(h)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+    return {
+        "turns": turns,
+        "cpu_s_per_turn": cpu / turns,
+        "wall_s_per_turn": wall / turns,
+        "alloc_bytes_per_turn": grown / alloc_turns,
+    }
+
+
+STORM_MODES: dict[str, Any] = {
+    "accept_then_close": AcceptThenClose(),
+    "error_then_close": ErrorThenClose(),
+    "hang_handshake": HangHandshake(),
+    "reject_401": RejectUpgrade(status=401),
+}
+
+
+async def suite_storm(window: float, max_retry: int) -> dict[str, Any]:
+    out = {}
+    for name, fault in STORM_MODES.items():
+        async with RealtimeEmulator(FaultPlan(every_connection=fault)) as emu:
+            t0 = time.monotonic()
+            h = SessionHarness(emu, max_retry=max_retry, retry_interval=0.1, timeout=0.5)
+            gave_up: float | None = None
+            try:
+                await h.start()
+                while time.monotonic() - t0 < window:
+                    if gave_up is None and (h.unrecoverable_errors or h.closed.is_set()):
+                        gave_up = time.monotonic() - t0
+                    await asyncio.sleep(0.02)
+                closed_by_itself = h.closed.is_set()
+            finally:
+                await h.aclose()
+            out[name] = {
+                "window_s": window,
+                "connections": emu.num_connections,
+                "errors_recoverable": len(h.recoverable_errors),
+                "errors_fatal": len(h.unrecoverable_errors),
+                "gave_up_s": gave_up,
+                "closed": closed_by_itself,
+                "unhandled": len(h.guard.collect()),
+            }
+    return out
+
+
+async def suite_memory(cycles: int) -> dict[str, Any]:
+    warmup = 10
+    step = 20
+    plan = FaultPlan(every_connection=AcceptThenClose())
+    xs: list[int] = []
+    ys: list[int] = []
+    async with RealtimeEmulator(plan) as emu:
+        async with SessionHarness(emu, max_retry=100_000, retry_interval=0.0, timeout=2.0) as h:
+            await _wait(lambda: emu.num_connections >= warmup, timeout=60)
+            tracemalloc.start(16)
+            base_conn = emu.num_connections
+            base = _client_bytes()
+            while emu.num_connections - base_conn < cycles and not h.closed.is_set():
+                target = emu.num_connections + step
+                await _wait(lambda t=target: emu.num_connections >= t, timeout=60)
+                xs.append(emu.num_connections - base_conn)
+                ys.append(_client_bytes() - base)
+            tracemalloc.stop()
+    return {"cycles": xs, "retained_bytes": ys, "bytes_per_cycle": _slope(xs, ys)}
+
+
+_EMULATOR_FILES = str(ROOT / "tests" / "realtime_emulator" / "*")
+
+
+def _client_bytes() -> int:
+    """Traced bytes after gc, leaving out what the emulator's own records hold."""
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [
+            tracemalloc.Filter(False, _EMULATOR_FILES, all_frames=True),
+            tracemalloc.Filter(False, tracemalloc.__file__),
+        ]
+    )
+    return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+def _slope(xs: list[int], ys: list[int]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+
+async def _wait(predicate: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("bench condition not reached")
+        await asyncio.sleep(0.005)
+
+
+async def suite_matrix() -> dict[str, Any]:
+    from tests import scenarios
+
+    return {name: await scenarios.run(name) for name in scenarios.SCENARIOS}
+
+
+async def suite_version() -> str:
+    return __version__
+
+
+SUITES: dict[str, Callable[..., Awaitable[Any]]] = {
+    "version": suite_version,
+    "success": suite_success,
+    "recovery": suite_recovery,
+    "happy": suite_happy,
+    "storm": suite_storm,
+    "memory": suite_memory,
+    "matrix": suite_matrix,
+}
+
+
+def main() -> None:
+    suite, params = sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    result = asyncio.run(SUITES[suite](**params))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
