@@ -1,0 +1,206 @@
+"""Shared fixtures, the module category rule and the ``--pristine`` check.
+
+``--pristine`` runs only the ``regression``-marked tests against the installed, unpatched
+livekit-agents, ignores their xfail marks, and inverts the outcome: a test must fail with an
+AssertionError (it reproduces the reported bug), so that is reported as PASSED; a test that
+passes does not reproduce and is FAILED, and any other exception is FAILED as failing for the
+wrong reason. A summary table lists each test and the symptom it reproduced. The mode refuses
+to run on a build whose version carries a local label (``+``), i.e. a patched build.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .harness import ExceptionGuard
+from .realtime_emulator import FaultPlan, RealtimeEmulator
+
+CATEGORIES = ("unit",)
+"""module category markers; every test module declares one (``pytestmark = pytest.mark.unit``)"""
+
+_DISTRIBUTIONS = ("livekit-agents", "livekit-plugins-openai")
+_PRISTINE_RESULTS = pytest.StashKey[dict[str, tuple[str, str]]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--pristine",
+        action="store_true",
+        default=False,
+        help="run only the regression tests, against the pristine (unpatched) build, and "
+        "require each to fail with an AssertionError (the reproduced symptom)",
+    )
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for dist in _DISTRIBUTIONS:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_PRISTINE_RESULTS] = {}
+    if config.getoption("pristine"):
+        labelled = {d: v for d, v in _versions().items() if "+" in v}
+        if labelled:
+            raise pytest.UsageError(
+                "--pristine needs the pristine upstream build, but the installed "
+                + ", ".join(f"{d}=={v}" for d, v in labelled.items())
+                + " carries a local version label (a patched build)"
+            )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    header = [", ".join(f"{d} {v}" for d, v in _versions().items())]
+    if config.getoption("pristine"):
+        header.append(
+            "pristine check: regression tests only, xfail ignored, a test PASSES when it "
+            "fails with AssertionError (reproduces the bug)"
+        )
+    return header
+
+
+_REGRESSION_RE = re.compile(r"mark\.regression\b")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # a pristine run imports only the modules that hold regression tests: the others may test
+    # code that only the patched build has, and would not even import on pristine
+    if (
+        config.getoption("pristine")
+        and collection_path.is_file()
+        and collection_path.name.startswith("test_")
+        and collection_path.suffix == ".py"
+    ):
+        source = collection_path.read_text(encoding="utf-8")
+        if not _REGRESSION_RE.search(source):
+            return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = sorted(
+        {
+            str(Path(str(item.path)).relative_to(config.rootpath))
+            for item in items
+            if not any(item.get_closest_marker(c) for c in CATEGORIES)
+        }
+    )
+    if missing:
+        raise pytest.UsageError(
+            "every test module must declare its category with a module-level marker, one of: "
+            + ", ".join(f"pytestmark = pytest.mark.{c}" for c in CATEGORIES)
+            + "; missing in: "
+            + ", ".join(missing)
+        )
+
+    if not config.getoption("pristine"):
+        return
+    selected: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        (selected if item.get_closest_marker("regression") else deselected).append(item)
+    for item in selected:
+        item.own_markers[:] = [m for m in item.own_markers if m.name != "xfail"]
+        if any(m.name == "xfail" for m in item.iter_markers()):
+            raise pytest.UsageError(f"{item.nodeid}: xfail must be set on the test function")
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    items[:] = selected
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when != "call" or not item.config.getoption("pristine"):
+        return report
+
+    results = item.config.stash[_PRISTINE_RESULTS]
+    excinfo = call.excinfo
+    if excinfo is None:
+        report.outcome = "failed"
+        report.longrepr = "does not reproduce on pristine: the test passed"
+        results[item.nodeid] = ("FAILED", "does not reproduce on pristine")
+    elif excinfo.errisinstance(AssertionError):
+        symptom = (str(excinfo.value).strip().splitlines() or ["<no message>"])[0]
+        report.outcome = "passed"
+        report.longrepr = None
+        report.sections.append(("pristine", f"reproduces on pristine: {symptom}"))
+        results[item.nodeid] = ("reproduced", symptom)
+    elif excinfo.errisinstance(pytest.skip.Exception):
+        results[item.nodeid] = ("SKIPPED", str(excinfo.value))
+    else:
+        reason = f"failed for the wrong reason: {excinfo.typename}: {excinfo.value}"
+        report.outcome = "failed"
+        results[item.nodeid] = ("FAILED", reason.splitlines()[0])
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if not config.getoption("pristine"):
+        return
+    results = config.stash[_PRISTINE_RESULTS]
+    tr = terminalreporter
+    tr.section("pristine check")
+    versions = _versions()
+    reproduced = sum(1 for status, _ in results.values() if status == "reproduced")
+    tr.write_line(
+        f"{reproduced}/{len(results)} regression tests reproduce on pristine "
+        + ", ".join(f"{d} {v}" for d, v in versions.items())
+    )
+    width = max((len(n) for n in results), default=0)
+    for nodeid, (status, symptom) in results.items():
+        tr.write_line(f"{nodeid:<{width}}  {status:<10}  {symptom}")
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def exc_guard() -> AsyncIterator[ExceptionGuard]:
+    """An installed ExceptionGuard for the test's loop (uninstalled afterwards)."""
+    guard = ExceptionGuard().install()
+    try:
+        yield guard
+    finally:
+        guard.collect()
+        guard.uninstall()
+
+
+@pytest.fixture
+async def emulator_factory() -> AsyncIterator[Callable[..., Awaitable[RealtimeEmulator]]]:
+    """``await emulator_factory(plan, **kwargs)`` starts an emulator, closed after the test."""
+    started: list[RealtimeEmulator] = []
+
+    async def make(plan: FaultPlan | None = None, **kwargs: Any) -> RealtimeEmulator:
+        emu = await RealtimeEmulator(plan, **kwargs).start()
+        started.append(emu)
+        return emu
+
+    try:
+        yield make
+    finally:
+        for emu in reversed(started):
+            await emu.aclose()
+
+
+@pytest.fixture
+async def emulator(
+    emulator_factory: Callable[..., Awaitable[RealtimeEmulator]],
+) -> RealtimeEmulator:
+    """A healthy emulator (empty FaultPlan)."""
+    return await emulator_factory()
