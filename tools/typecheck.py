@@ -68,6 +68,7 @@ def main() -> int:
     parser.add_argument("--line", default=pq.DEFAULT_LINE)
     parser.add_argument("--python", default=sys.executable, help="python with mypy installed")
     args = parser.parse_args()
+    python = os.path.abspath(args.python)  # mypy runs in each tree; keep the venv's symlink
     try:
         line = pq.load_line(args.line)
         files = pq.touched(line)
@@ -76,8 +77,8 @@ def main() -> int:
             return 0
         pristine = _pristine_tree(line)
         existing = [f for f in files if (pristine / f).exists()]
-        patched_errors = _mypy(args.python, pq.ROOT, line, files)
-        pristine_errors = _mypy(args.python, pristine, line, existing) if existing else {}
+        patched_errors = _mypy(python, pq.ROOT, line, files)
+        pristine_errors = _mypy(python, pristine, line, existing) if existing else {}
     except pq.PqError as e:
         print(f"typecheck: error: {e}", file=sys.stderr)
         return 1
