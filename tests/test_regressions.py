@@ -33,10 +33,6 @@ FIXED_BY_RETRY_LOOP = (
     "issue #3: Response-level retry for realtime turns: one loop shared by "
     "`_realtime_reply_task` and `_realtime_generation_task`, mirroring `LLMStream._main_task`"
 )
-FIXED_BY_ENGINE = (
-    "issue #4: OpenAI realtime engine: one error classifier, bounded reconnect accounting, "
-    "one error per cause, clean terminal close, bounded memory"
-)
 
 
 def _assert_reply_delivered(h: SessionHarness, handle: SpeechHandle | None, *, what: str) -> None:
@@ -169,7 +165,6 @@ async def test_reply_lost_to_socket_drop_is_reasked() -> None:
 
 
 @pytest.mark.regression(issue=4)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIXED_BY_ENGINE)
 async def test_accept_then_close_gives_up_after_max_retry() -> None:
     max_retry = 2
     plan = FaultPlan(every_connection=AcceptThenClose())
@@ -195,7 +190,6 @@ async def test_accept_then_close_gives_up_after_max_retry() -> None:
 
 
 @pytest.mark.regression(issue=4)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIXED_BY_ENGINE)
 async def test_error_then_close_gives_one_error_per_cause() -> None:
     plan = FaultPlan(every_connection=ErrorThenClose(code="server_error", type="server_error"))
     async with RealtimeEmulator(plan) as emu, SessionHarness(emu, max_retry=2) as h:
@@ -214,7 +208,6 @@ async def test_error_then_close_gives_one_error_per_cause() -> None:
 
 
 @pytest.mark.regression(issue=4)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIXED_BY_ENGINE)
 @pytest.mark.parametrize(
     "fault",
     [HangHandshake(), RejectUpgrade(status=401), RejectUpgrade(status=500)],
@@ -255,7 +248,6 @@ async def test_connect_failure_closes_session_cleanly(
 
 
 @pytest.mark.regression(issue=4)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIXED_BY_ENGINE)
 async def test_failed_response_leaves_no_unretrieved_future() -> None:
     plan = FaultPlan(responses={1: FailResponse(code="server_error", type="server_error")})
     async with RealtimeEmulator(plan) as emu, SessionHarness(emu, max_retry=0) as h:
