@@ -195,8 +195,14 @@ async def test_malformed_event_is_skipped(
             lambda: bool(emu.responses_with("completed")), what="a completed response after it"
         )
         assert emu.num_connections == 1, "the malformed event cost the connection"
-        assert not h.closed.is_set() and not h.unrecoverable_errors, h.describe_errors()
+        assert not h.closed.is_set(), h.describe_errors()
         assert len(h.errors) <= 1, h.describe_errors()
+        if kind == "status_details_string":
+            # a failed response whose details are a bare string: skipped details, still a
+            # failure; with max_retry=0 the response retry loop reports it once as final
+            assert first.exception() is not None
+        else:
+            assert not h.unrecoverable_errors, h.describe_errors()
     # static messages: the payload only ever goes under an lk.pii key
     for record in caplog.records:
         if record.name.startswith("livekit.agents") and "emulator" in record.getMessage():

@@ -2,9 +2,10 @@
 
 Each test drives a real ``AgentSession`` on ``openai.realtime.RealtimeModel`` against the
 emulator and asserts the correct behaviour, so it fails on pristine livekit-agents 1.8.9 with an
-AssertionError naming the symptom. Until its fix lands, each is ``xfail(strict=True)`` with the
-issue that fixes it; the fix removes the mark. ``pytest --pristine`` checks that every one of
-them still fails on the pristine build, for the expected reason.
+AssertionError naming the symptom. Until its fix landed, each was ``xfail(strict=True)`` with
+the issue that fixes it (#3: patch 0009, #4: patches 0002-0008); the fixes removed the marks.
+``pytest --pristine`` checks that every one of them still fails on the pristine build, for the
+expected reason.
 """
 
 from __future__ import annotations
@@ -27,12 +28,6 @@ from .realtime_emulator import (
 )
 
 pytestmark = pytest.mark.unit
-
-# the fix of an issue flips its tests by deleting their xfail line
-FIXED_BY_RETRY_LOOP = (
-    "issue #3: Response-level retry for realtime turns: one loop shared by "
-    "`_realtime_reply_task` and `_realtime_generation_task`, mirroring `LLMStream._main_task`"
-)
 
 
 def _assert_reply_delivered(h: SessionHarness, handle: SpeechHandle | None, *, what: str) -> None:
@@ -88,7 +83,6 @@ async def test_control_server_vad_turn_is_answered() -> None:
 
 
 @pytest.mark.regression(issue=3)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIXED_BY_RETRY_LOOP)
 async def test_failed_response_done_is_retried() -> None:
     plan = FaultPlan(responses={1: FailResponse(code="server_error", type="server_error")})
     async with RealtimeEmulator(plan) as emu, SessionHarness(emu, max_retry=3) as h:
@@ -104,7 +98,6 @@ async def test_failed_response_done_is_retried() -> None:
 
 
 @pytest.mark.regression(issue=3)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIXED_BY_RETRY_LOOP)
 async def test_rate_limited_response_create_is_retried() -> None:
     plan = FaultPlan(responses={1: RejectCreate(code="rate_limit_exceeded")})
     async with RealtimeEmulator(plan) as emu, SessionHarness(emu, max_retry=3) as h:
@@ -119,7 +112,6 @@ async def test_rate_limited_response_create_is_retried() -> None:
 
 
 @pytest.mark.regression(issue=3)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIXED_BY_RETRY_LOOP)
 async def test_failed_server_vad_response_is_reasked() -> None:
     plan = FaultPlan(responses={1: FailResponse(code="server_error", type="server_error")})
     async with RealtimeEmulator(plan) as emu, SessionHarness(emu, max_retry=3) as h:
@@ -143,7 +135,6 @@ async def test_failed_server_vad_response_is_reasked() -> None:
 
 
 @pytest.mark.regression(issue=3)
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FIXED_BY_RETRY_LOOP)
 async def test_reply_lost_to_socket_drop_is_reasked() -> None:
     plan = FaultPlan(responses={1: CloseAfterCreated()})
     async with RealtimeEmulator(plan) as emu, SessionHarness(emu, max_retry=3) as h:
