@@ -74,8 +74,8 @@ def machine_info() -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--line", default="1.8.9")
-    parser.add_argument("--patched", required=True, help="python of the patched venv")
-    parser.add_argument("--pristine", required=True, help="python of the pristine venv")
+    parser.add_argument("--patched", default="", help="python of the patched venv")
+    parser.add_argument("--pristine", default="", help="python of the pristine venv")
     parser.add_argument("--turns", type=int, default=200, help="turns per failure rate")
     parser.add_argument("--probabilities", default="0,0.1,0.3,0.5")
     parser.add_argument("--max-retry", type=int, default=3)
@@ -86,7 +86,16 @@ def main() -> int:
     parser.add_argument("--storm-window", type=float, default=5.0)
     parser.add_argument("--cycles", type=int, default=200, help="reconnect cycles for memory")
     parser.add_argument("--out", type=Path, default=BENCH)
+    parser.add_argument("--report-only", type=Path, help="rewrite the report from a results JSON")
     args = parser.parse_args()
+
+    if args.report_only is not None:
+        sys.path.insert(0, str(BENCH))
+        import report
+
+        raw = args.report_only.resolve()
+        report.write(json.loads(raw.read_text()), out=args.out, raw_path=raw.relative_to(ROOT))
+        return 0
 
     pythons = {"pristine": args.pristine, "patched": args.patched}
     probs = [float(p) for p in args.probabilities.split(",")]
