@@ -227,6 +227,28 @@ class _Connection:
 # ---------------------------------------------------------------------------------------------
 
 
+async def _commit_user_item(conn: _Connection, item_id: str) -> None:
+    """The input buffer committed as a user audio item: ``committed``, then ``item.added``."""
+    prev = conn.insert_item(item_id, None)
+    await conn.send(
+        {"type": "input_audio_buffer.committed", "previous_item_id": prev, "item_id": item_id}
+    )
+    await conn.send(
+        {
+            "type": "conversation.item.added",
+            "previous_item_id": prev,
+            "item": {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "status": "completed",
+                "role": "user",
+                "content": [{"type": "input_audio", "transcript": None}],
+            },
+        }
+    )
+
+
 class RealtimeEmulator:
     """An OpenAI Realtime websocket server on 127.0.0.1 (ephemeral port). See the package doc."""
 
@@ -439,24 +461,7 @@ class RealtimeEmulator:
         await c.send(
             {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 1100, "item_id": item_id}
         )
-        prev = c.insert_item(item_id, None)
-        await c.send(
-            {"type": "input_audio_buffer.committed", "previous_item_id": prev, "item_id": item_id}
-        )
-        await c.send(
-            {
-                "type": "conversation.item.added",
-                "previous_item_id": prev,
-                "item": {
-                    "id": item_id,
-                    "object": "realtime.item",
-                    "type": "message",
-                    "status": "completed",
-                    "role": "user",
-                    "content": [{"type": "input_audio", "transcript": None}],
-                },
-            }
-        )
+        await _commit_user_item(c, item_id)
         await c.send(
             {
                 "type": "conversation.item.input_audio_transcription.completed",
@@ -720,24 +725,7 @@ class RealtimeEmulator:
             return
         conn.input_audio_bytes = 0
         item_id = _new_id("item")
-        prev = conn.insert_item(item_id, None)
-        await conn.send(
-            {"type": "input_audio_buffer.committed", "previous_item_id": prev, "item_id": item_id}
-        )
-        await conn.send(
-            {
-                "type": "conversation.item.added",
-                "previous_item_id": prev,
-                "item": {
-                    "id": item_id,
-                    "object": "realtime.item",
-                    "type": "message",
-                    "status": "completed",
-                    "role": "user",
-                    "content": [{"type": "input_audio", "transcript": None}],
-                },
-            }
-        )
+        await _commit_user_item(conn, item_id)
 
     async def _on_response_cancel(self, conn: _Connection, event: dict[str, Any]) -> None:
         response_id = event.get("response_id")
