@@ -220,13 +220,7 @@ def _materialise(line: Line, sdists: dict[str, Path]) -> None:
         shutil.rmtree(GIT_DIR)
     PQ_DIR.mkdir(exist_ok=True)
 
-    for pkg in line.packages:
-        target = ROOT / pkg.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=PQ_DIR) as tmp, tarfile.open(sdists[pkg.name]) as tar:
-            tar.extractall(tmp, filter="data")
-            (root_dir,) = Path(tmp).iterdir()  # sdists hold one top-level <name>-<version>/
-            shutil.move(str(root_dir), target)
+    lay_out(line, sdists, ROOT)
 
     run(["git", "init", "-q", "--bare", str(GIT_DIR)])
     ugit("config", "core.bare", "false")
@@ -242,6 +236,17 @@ def _materialise(line: Line, sdists: dict[str, Path]) -> None:
     ugit("add", "-A", "-f", "--", *sorted(top))
     ugit("commit", "-q", "-m", f"upstream {line.version} (pinned sdists)", env=_BASE_ENV)
     ugit("tag", BASE_TAG)
+
+
+def lay_out(line: Line, sdists: dict[str, Path], dest: Path) -> None:
+    """Extract each sdist to its monorepo path under ``dest``."""
+    for pkg in line.packages:
+        target = dest / pkg.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest) as tmp, tarfile.open(sdists[pkg.name]) as tar:
+            tar.extractall(tmp, filter="data")
+            (root_dir,) = Path(tmp).iterdir()  # sdists hold one top-level <name>-<version>/
+            shutil.move(str(root_dir), target)
 
 
 def _git_am(line: Line, names: list[str]) -> None:

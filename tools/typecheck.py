@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,15 +30,8 @@ def _pristine_tree(line: pq.Line) -> Path:
     dest = pq.ROOT / "build" / line.name / "pristine-src"
     if dest.exists():
         shutil.rmtree(dest)
-    sdists = pq.fetch(line)
-    for pkg in line.packages:
-        target = dest / pkg.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(sdists[pkg.name]) as tar:
-            tar.extractall(dest / ".x", filter="data")
-        (root_dir,) = (dest / ".x").iterdir()
-        shutil.move(str(root_dir), target)
-        (dest / ".x").rmdir()
+    dest.mkdir(parents=True)
+    pq.lay_out(line, pq.fetch(line), dest)
     return dest
 
 

@@ -249,6 +249,21 @@ async def _commit_user_item(conn: _Connection, item_id: str) -> None:
     )
 
 
+async def _item_done(
+    conn: _Connection, response_id: str | None, prev: str | None, done_item: dict[str, Any]
+) -> None:
+    """An output item finished: ``response.output_item.done`` then ``conversation.item.done``."""
+    await conn.send(
+        {
+            "type": "response.output_item.done",
+            "response_id": response_id,
+            "output_index": 0,
+            "item": done_item,
+        }
+    )
+    await conn.send({"type": "conversation.item.done", "previous_item_id": prev, "item": done_item})
+
+
 class RealtimeEmulator:
     """An OpenAI Realtime websocket server on 127.0.0.1 (ephemeral port). See the package doc."""
 
@@ -1090,17 +1105,7 @@ class RealtimeEmulator:
                     "part": {"type": "audio", "transcript": transcript},
                 }
             )
-        await conn.send(
-            {
-                "type": "response.output_item.done",
-                "response_id": record.response_id,
-                "output_index": 0,
-                "item": done_item,
-            }
-        )
-        await conn.send(
-            {"type": "conversation.item.done", "previous_item_id": prev, "item": done_item}
-        )
+        await _item_done(conn, record.response_id, prev, done_item)
         output.append(done_item)
         if cancelled:
             await self._cancelled(conn, active, output)
@@ -1161,17 +1166,7 @@ class RealtimeEmulator:
             }
         )
         done_item = {**item, "status": "completed", "arguments": fault.arguments}
-        await conn.send(
-            {
-                "type": "response.output_item.done",
-                "response_id": record.response_id,
-                "output_index": 0,
-                "item": done_item,
-            }
-        )
-        await conn.send(
-            {"type": "conversation.item.done", "previous_item_id": prev, "item": done_item}
-        )
+        await _item_done(conn, record.response_id, prev, done_item)
         output.append(done_item)
         await self._finish(
             conn, active, status="completed", status_details=None, output=output, output_tokens=8
