@@ -14,7 +14,7 @@ BENCH_ARGS    ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help fetch apply apply-pristine export check-export check-series wheels venv \
-        venv-pristine lint typecheck pytest pristine-check test bench clean distclean
+        venv-pristine lint typecheck pytest pristine-check review-check upstream-suite test bench clean distclean
 
 help: ## list the targets
 	@echo "rtretry patch set on livekit-agents (LINE=$(LINE); other lines: LINE=<version>)"
@@ -88,7 +88,31 @@ pytest: venv ## the test suite against the forked wheels
 pristine-check: venv-pristine ## the regression tests must fail on pristine upstream
 	$(PRISTINE_VENV)/bin/python -m pytest --pristine $(PYTEST_ARGS)
 
-test: lint typecheck pristine-check check-export pytest ## all that CI runs; builds and installs what it needs
+# the last commit whose series predates review round 1: its review tests must fail there
+REVIEW_BASE ?= 6b87b3c
+REVIEW_TREE := build/review-base
+review-check: venv ## the review-marked tests must fail on the series at REVIEW_BASE
+ifeq ($(strip $(REVIEW_BASE)),)
+	@echo "review-check: skipped (give REVIEW_BASE=<git ref of the series before the review>)"
+else
+	rm -rf $(REVIEW_TREE) && git worktree prune
+	git worktree add --detach $(REVIEW_TREE) $(REVIEW_BASE)
+	mkdir -p $(REVIEW_TREE)/.cache && cp -r .cache/sdist $(REVIEW_TREE)/.cache/
+	$(MAKE) -C $(REVIEW_TREE) venv
+	$(REVIEW_TREE)/.venv/bin/python -m pytest --reproduce=review $(PYTEST_ARGS); \
+	  status=$$?; git worktree remove --force $(REVIEW_TREE); exit $$status
+endif
+
+UPSTREAM ?=
+upstream-suite: venv venv-pristine ## upstream's unit suite on both builds (UPSTREAM=<livekit/agents checkout>)
+ifeq ($(strip $(UPSTREAM)),)
+	@echo "upstream-suite: skipped (give UPSTREAM=<path of a livekit/agents monorepo checkout>)"
+else
+	$(PYTHON) tools/upstream_suite.py --monorepo $(UPSTREAM) --pristine $(PRISTINE_VENV)/bin/python \
+	  --patched $(VENV)/bin/python --explained upstream/$(LINE)-suite.txt --out build/upstream-suite
+endif
+
+test: lint typecheck pristine-check review-check check-export pytest upstream-suite ## all that CI runs; builds and installs what it needs
 
 bench: venv venv-pristine ## pristine vs patched bench; writes bench/REPORT.md and bench/results/
 	$(VENV)/bin/pip install -q -r requirements/bench.txt

@@ -6,6 +6,9 @@ AssertionError (it reproduces the reported bug), so that is reported as PASSED; 
 passes does not reproduce and is FAILED, and any other exception is FAILED as failing for the
 wrong reason. A summary table lists each test and the symptom it reproduced. The mode refuses
 to run on a build whose version carries a local label (``+``), i.e. a patched build.
+
+``--reproduce=review`` does the same for the ``review``-marked tests, on the build of the series
+before the review's fixes (``make review-check`` builds it from ``REVIEW_BASE``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run only the regression tests, against the pristine (unpatched) build, and "
         "require each to fail with an AssertionError (the reproduced symptom)",
     )
+    parser.addoption(
+        "--reproduce",
+        default=None,
+        metavar="MARK",
+        help="run only the tests marked MARK (e.g. review) against the build they found a "
+        "defect in, and require each to fail with an AssertionError, as --pristine does",
+    )
+
+
+def _reproduce_mark(config: pytest.Config) -> str | None:
+    """The marker whose tests must fail on the installed build, or None for a normal run."""
+    if config.getoption("pristine"):
+        return "regression"
+    mark: str | None = config.getoption("reproduce")
+    return mark
 
 
 def _versions() -> dict[str, str]:
@@ -70,20 +88,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return header
 
 
-_REGRESSION_RE = re.compile(r"mark\.regression\b")
-
-
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     # a pristine run imports only the modules that hold regression tests: the others may test
     # code that only the patched build has, and would not even import on pristine
     if (
-        config.getoption("pristine")
+        (mark := _reproduce_mark(config))
         and collection_path.is_file()
         and collection_path.name.startswith("test_")
         and collection_path.suffix == ".py"
     ):
         source = collection_path.read_text(encoding="utf-8")
-        if not _REGRESSION_RE.search(source):
+        if not re.search(rf"mark\.{re.escape(mark)}\b", source):
             return True
     return None
 
@@ -104,12 +119,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             + ", ".join(missing)
         )
 
-    if not config.getoption("pristine"):
+    if not (mark := _reproduce_mark(config)):
         return
     selected: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
     for item in items:
-        (selected if item.get_closest_marker("regression") else deselected).append(item)
+        (selected if item.get_closest_marker(mark) else deselected).append(item)
     for item in selected:
         item.own_markers[:] = [m for m in item.own_markers if m.name != "xfail"]
         if any(m.name == "xfail" for m in item.iter_markers()):
@@ -124,20 +139,20 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if report.when != "call" or not item.config.getoption("pristine"):
+    if report.when != "call" or not _reproduce_mark(item.config):
         return report
 
     results = item.config.stash[_PRISTINE_RESULTS]
     excinfo = call.excinfo
     if excinfo is None:
         report.outcome = "failed"
-        report.longrepr = "does not reproduce on pristine: the test passed"
-        results[item.nodeid] = ("FAILED", "does not reproduce on pristine")
+        report.longrepr = "does not reproduce on this build: the test passed"
+        results[item.nodeid] = ("FAILED", "does not reproduce on this build")
     elif excinfo.errisinstance(AssertionError):
         symptom = (str(excinfo.value).strip().splitlines() or ["<no message>"])[0]
         report.outcome = "passed"
         report.longrepr = None
-        report.sections.append(("pristine", f"reproduces on pristine: {symptom}"))
+        report.sections.append(("reproduced", f"reproduces on this build: {symptom}"))
         results[item.nodeid] = ("reproduced", symptom)
     elif excinfo.errisinstance(pytest.skip.Exception):
         results[item.nodeid] = ("SKIPPED", str(excinfo.value))
@@ -149,15 +164,15 @@ def pytest_runtest_makereport(
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if not config.getoption("pristine"):
+    if not (mark := _reproduce_mark(config)):
         return
     results = config.stash[_PRISTINE_RESULTS]
     tr = terminalreporter
-    tr.section("pristine check")
+    tr.section("pristine check" if mark == "regression" else f"{mark} check")
     versions = _versions()
     reproduced = sum(1 for status, _ in results.values() if status == "reproduced")
     tr.write_line(
-        f"{reproduced}/{len(results)} regression tests reproduce on pristine "
+        f"{reproduced}/{len(results)} {mark} tests reproduce on "
         + ", ".join(f"{d} {v}" for d, v in versions.items())
     )
     width = max((len(n) for n in results), default=0)

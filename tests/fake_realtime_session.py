@@ -3,10 +3,11 @@
 Each ``generate_reply`` (or server-created response) consumes the next :class:`Attempt`,
 which says what the response does before it ends and how it ends: the ``generate_reply``
 future rejected, a response created that fails (before or after its audio, after a function
-call), or one that completes. Like a provider that classifies its failures, the session
-reports how each response ended on ``GenerationCreatedEvent.outcome`` and raises
-``RealtimeError(code=..., retryable=...)``; it emits an ``error`` event itself only for the
-failures that are not retryable, as the error-ownership rule of the realtime engine says.
+call), or one that completes. Like the OpenAI engine, the session reports how each response
+ended on ``GenerationCreatedEvent.outcome`` and raises ``RealtimeError(code=..., retryable=...)``,
+and it reports every failure on its own ``error`` event at once (recoverable unless fatal), the
+``RealtimeError`` chained from (``__cause__``) the error it reported. ``reports_errors=False``
+makes a plugin that reports failures only through the outcome.
 
 It records what the framework did to it: every ``generate_reply`` with its arguments and
 time, overlapping requests, interruptions, and the items deleted from the conversation.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from livekit import rtc
-from livekit.agents import NOT_GIVEN, NotGivenOr, utils
+from livekit.agents import NOT_GIVEN, APIError, NotGivenOr, utils
 from livekit.agents.llm import (
     ChatContext,
     ChatMessage,
@@ -62,6 +63,8 @@ class Attempt:
     hold: asyncio.Event | None = None
     """Until the event is set, the request goes unanswered (``generate_reply``), or the
     response stays active with its streams open (a server-created response)."""
+    outcome_hold: asyncio.Event | None = None
+    """Until the event is set, the ended response (its streams closed) reports no outcome."""
 
     @staticmethod
     def ok(text: str = "hello there", audio: float = 0.05) -> Attempt:
@@ -143,6 +146,9 @@ class ScriptedRealtimeSession(RealtimeSession):
         self._n = 0
         self._held: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.removals_started = 0
+        self.removal_hold: asyncio.Event | None = None
+        """When set, an ``update_chat_ctx`` that deletes items waits for it (a slow server)."""
 
     # --- RealtimeSession -----------------------------------------------------
 
@@ -159,7 +165,12 @@ class ScriptedRealtimeSession(RealtimeSession):
 
     async def update_chat_ctx(self, chat_ctx: ChatContext) -> None:
         kept = {item.id for item in chat_ctx.items}
-        self.deleted_items.extend(item.id for item in self._chat_ctx.items if item.id not in kept)
+        removed = [item.id for item in self._chat_ctx.items if item.id not in kept]
+        if removed:
+            self.removals_started += 1
+            if self.removal_hold is not None:
+                await self.removal_hold.wait()
+        self.deleted_items.extend(removed)
         self._chat_ctx = chat_ctx.copy()
 
     async def update_tools(self, tools: list[Tool]) -> None:
@@ -199,10 +210,13 @@ class ScriptedRealtimeSession(RealtimeSession):
             self._pending_replies -= 1
             if attempt.reject:
                 assert attempt.error is not None
-                self._fail(attempt.error)
                 fut.set_exception(attempt.error)
+                self._fail(attempt.error)
                 return
-            fut.set_result(self._start_response(attempt, user_initiated=True))
+            ev = self._start_response(attempt, user_initiated=True)
+            fut.set_result(ev)
+            # as the engine does for every response it creates
+            self.emit("generation_created", ev)
 
         def _on_done(_: asyncio.Future[GenerationCreatedEvent]) -> None:
             if fut.cancelled():
@@ -272,20 +286,23 @@ class ScriptedRealtimeSession(RealtimeSession):
     # --- internals -------------------------------------------------------------
 
     def _fail(self, error: RealtimeError) -> None:
+        """Report a failure whose request or outcome already failed with ``error``."""
         self.failures_at.append(time.time())
-        if error.retryable is not True:
-            # the engine reports what the framework will not retry; retryable failures are the
-            # framework's to report (one error per cause)
-            self.emit(
-                "error",
-                RealtimeModelError(
-                    timestamp=time.time(),
-                    label=self._model.label,
-                    error=error,
-                    # a fatal code stops the session; a rejected request does not
-                    recoverable=error.code not in FATAL_CODES,
-                ),
-            )
+        if not self._model.reports_errors:
+            return
+        # a fatal code stops the session; anything else does not
+        fatal = error.code in FATAL_CODES
+        reported = APIError("response failed", body={"code": error.code}, retryable=not fatal)
+        error.__cause__ = reported
+        self.emit(
+            "error",
+            RealtimeModelError(
+                timestamp=time.time(),
+                label=self._model.label,
+                error=reported,
+                recoverable=not fatal,
+            ),
+        )
 
     def _start_response(self, attempt: Attempt, *, user_initiated: bool) -> GenerationCreatedEvent:
         self._n += 1
@@ -351,9 +368,11 @@ class ScriptedRealtimeSession(RealtimeSession):
             if self._active is resp:
                 self._active = None
             self._emit_metrics(resp)
+            if attempt.outcome_hold is not None:
+                await attempt.outcome_hold.wait()
             if error is not None:
-                self._fail(error)
                 resp.outcome.set_exception(error)
+                self._fail(error)
             else:
                 resp.outcome.set_result(None)
 
@@ -374,7 +393,11 @@ class ScriptedRealtimeModel(RealtimeModel):
     """A realtime model that plays ``attempts`` in order; after them, every response completes."""
 
     def __init__(
-        self, attempts: list[Attempt] | None = None, *, reports_outcome: bool = True
+        self,
+        attempts: list[Attempt] | None = None,
+        *,
+        reports_outcome: bool = True,
+        reports_errors: bool = True,
     ) -> None:
         super().__init__(
             capabilities=RealtimeCapabilities(
@@ -395,6 +418,8 @@ class ScriptedRealtimeModel(RealtimeModel):
         self.attempts = list(attempts or [])
         self.reports_outcome = reports_outcome
         """False plays a plugin that predates ``GenerationCreatedEvent.outcome``."""
+        self.reports_errors = reports_errors
+        """False plays a plugin that reports failures only through the outcome."""
         self.sessions: list[ScriptedRealtimeSession] = []
 
     @property

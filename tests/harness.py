@@ -25,7 +25,12 @@ import aiohttp
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, APIConnectOptions, llm
 from livekit.agents.voice.agent_session import SessionConnectOptions
-from livekit.agents.voice.events import CloseEvent, ErrorEvent
+from livekit.agents.voice.events import (
+    AgentStateChangedEvent,
+    CloseEvent,
+    ErrorEvent,
+    SpeechCreatedEvent,
+)
 from livekit.agents.voice.io import AudioOutput, AudioOutputCapabilities, TextOutput
 from livekit.agents.voice.speech_handle import SpeechHandle
 from livekit.plugins import openai
@@ -216,6 +221,8 @@ class SessionHarness:
         guard: an installed ExceptionGuard to use (default: the harness installs its own).
         api_key: the key the model sends (default: the emulator's).
         playout_speed: the audio sink's playout speed (None: instant; 1.0: real time).
+        wrap_model: builds the session's LLM from the emulator's model, e.g. a
+            ``RealtimeModelFallbackAdapter`` over it and another one.
     """
 
     def __init__(
@@ -232,8 +239,10 @@ class SessionHarness:
         guard: ExceptionGuard | None = None,
         api_key: str | None = None,
         playout_speed: float | None = None,
+        wrap_model: Callable[[openai.realtime.RealtimeModel], llm.RealtimeModel] | None = None,
     ) -> None:
         self.emu = emu
+        self._wrap_model = wrap_model
         self.conn_options = APIConnectOptions(
             max_retry=max_retry, retry_interval=retry_interval, timeout=timeout
         )
@@ -246,6 +255,9 @@ class SessionHarness:
         self.guard = guard or ExceptionGuard()
 
         self.errors: list[ErrorEvent] = []
+        self.speeches: list[SpeechCreatedEvent] = []
+        self.timeline: list[ErrorEvent | AgentStateChangedEvent] = []
+        """errors and agent state changes, in the order the session emitted them"""
         self.close_events: list[CloseEvent] = []
         self.closed = asyncio.Event()
         self.aclose_error: BaseException | None = None
@@ -269,7 +281,7 @@ class SessionHarness:
             **self._model_kwargs,
         )
         self._session = AgentSession(
-            llm=self._model,
+            llm=self._wrap_model(self._model) if self._wrap_model else self._model,
             conn_options=SessionConnectOptions(
                 llm_conn_options=self.conn_options,
                 max_unrecoverable_errors=self._max_unrecoverable_errors,
@@ -279,6 +291,9 @@ class SessionHarness:
         self._session.output.audio = self.audio
         self._session.output.transcription = self.text
         self._session.on("error", self.errors.append)
+        self._session.on("error", self.timeline.append)
+        self._session.on("agent_state_changed", self.timeline.append)
+        self._session.on("speech_created", self.speeches.append)
         self._session.on("close", self._on_close)
         await asyncio.wait_for(self._session.start(self._agent, record=False), 10.0)
         return self

@@ -35,12 +35,17 @@ from .realtime_emulator import (
 pytestmark = pytest.mark.unit
 
 
-def _assert_gave_up(h: SessionHarness, emu: RealtimeEmulator, attempts: int) -> None:
-    """``attempts`` connections, one error per attempt, the last one terminal, then close."""
+def _assert_gave_up(
+    h: SessionHarness, emu: RealtimeEmulator, attempts: int, *, announced: bool = False
+) -> None:
+    """``attempts`` connections, one error per attempt, the last one terminal, then close.
+
+    ``announced``: each connection's failure was an error event, reported at once (recoverable)
+    before the close that followed it; giving up is then an error of its own.
+    """
     assert emu.num_connections == attempts, f"{emu.num_connections} attempts, want {attempts}"
-    assert [e.error.recoverable for e in h.errors] == [True] * (attempts - 1) + [False], (
-        h.describe_errors()
-    )
+    recoverable = [True] * attempts if announced else [True] * (attempts - 1)
+    assert [e.error.recoverable for e in h.errors] == [*recoverable, False], h.describe_errors()
     assert all(isinstance(e.error, llm.RealtimeModelError) for e in h.errors)
     assert len(h.close_events) == 1, "AgentSession did not emit close"
     assert h.close_events[0].error is h.errors[-1].error, "close does not carry the error"
@@ -73,8 +78,9 @@ async def test_error_then_close_is_one_error_per_cause() -> None:
     plan = FaultPlan(every_connection=ErrorThenClose(code="server_error", type="server_error"))
     async with RealtimeEmulator(plan) as emu, SessionHarness(emu, max_retry=3) as h:
         await _wait_terminal(h)
-        # each connection is one cause (an error event, then the close): one error each
-        _assert_gave_up(h, emu, attempts=4)
+        # each connection is one cause (an error event, then the close): one error each, at
+        # once; then the session gives up
+        _assert_gave_up(h, emu, attempts=4, announced=True)
         cause = h.errors[0].error.error
         assert isinstance(cause, APIError), cause
         assert engine._error_field(cause.body, "code") == "server_error", (
@@ -107,7 +113,9 @@ async def test_rejected_upgrade(status: int, attempts: int) -> None:
     async with RealtimeEmulator(plan) as emu, SessionHarness(emu, max_retry=3) as h:
         await _wait_terminal(h)
         _assert_gave_up(h, emu, attempts=attempts)
-        assert h.errors[-1].error.error.__cause__ is not None
+        # the client's handshake error holds the request headers (the API key): not chained
+        assert h.errors[-1].error.error.__cause__ is None
+        assert h.errors[-1].error.error.__context__ is None
     assert h.aclose_error is None
     h.guard.assert_clean()
 
@@ -158,7 +166,7 @@ async def test_rate_limit_reset_is_honoured(caplog: pytest.LogCaptureFixture) ->
     caplog.set_level(logging.WARNING, logger="livekit.agents")
     async with RealtimeEmulator(plan) as emu, SessionHarness(emu, max_retry=2) as h:
         await _wait_terminal(h)
-        _assert_gave_up(h, emu, attempts=3)
+        _assert_gave_up(h, emu, attempts=3, announced=True)
         starts = [c.t for c in emu.connections]
         # the announcement arrives after the connect, so the next connect is at least one reset
         # later (the configured backoff is 0.1 s, then 0.05 s)
@@ -242,12 +250,14 @@ async def test_generate_reply_failures_are_classified() -> None:
             await rt.generate_reply()
         assert rate_limited.value.code == "rate_limit_exceeded"
         assert rate_limited.value.retryable is True
-        assert not h.errors, "a retryable response failure is reported by the retry loop"
+        # no turn waits on this request: the session's own report reaches AgentSession
+        assert [e.error.recoverable for e in h.errors] == [True]
+        assert rate_limited.value.__cause__ is h.errors[0].error.error
 
         with pytest.raises(llm.RealtimeError) as rejected:
             await rt.generate_reply()
         assert rejected.value.code == "invalid_value" and rejected.value.retryable is False
-        assert [e.error.recoverable for e in h.errors] == [True]
+        assert [e.error.recoverable for e in h.errors] == [True, True]
 
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -262,7 +272,7 @@ async def test_generate_reply_failures_are_classified() -> None:
         with pytest.raises(llm.RealtimeError) as failed:
             await ev.outcome
         assert failed.value.code == "server_error" and failed.value.retryable is True
-        assert len(h.errors) == 1
+        assert len(h.errors) == 3 and failed.value.__cause__ is h.errors[-1].error.error
 
         ev = await asyncio.wait_for(rt.generate_reply(), 3.0)
         assert ev.outcome is not None
@@ -270,7 +280,7 @@ async def test_generate_reply_failures_are_classified() -> None:
             await ev.outcome
         assert fatal.value.retryable is False
         await h.wait_closed(what="close after a fatal response failure")
-        assert [e.error.recoverable for e in h.errors] == [True, False]
+        assert [e.error.recoverable for e in h.errors] == [True, True, True, False]
         assert emu.num_connections == 1
         assert not emu.overlapping_creates
 

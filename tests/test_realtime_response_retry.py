@@ -136,6 +136,11 @@ async def _run(
     assert run.rt.overlapping_requests == 0, "two response.create in flight"
 
 
+def _code(error: RealtimeModelError) -> object:
+    body = getattr(error.error, "body", None)
+    return body.get("code") if isinstance(body, dict) else getattr(error.error, "code", None)
+
+
 async def _reply(run: _Run, **kwargs: Any) -> Any:
     handle = run.session.generate_reply(**kwargs)
     await asyncio.wait_for(handle.wait_for_playout(), timeout=10)
@@ -158,10 +163,8 @@ async def test_retries_until_success() -> None:
         assert {r.tool_choice for r in run.rt.requests} == {"none"}
         # one recoverable error per failure, none terminal
         assert run.recoverable() == [True, True]
-        assert [e.error.code for e in run.realtime_errors()] == [  # type: ignore[attr-defined]
-            "server_error",
-            "rate_limit_exceeded",
-        ]
+        # the provider's error, as the session reported it (an APIError with its body)
+        assert [_code(e) for e in run.realtime_errors()] == ["server_error", "rate_limit_exceeded"]
         # the recovered reply was played, and is the only one in the history
         assert run.assistant_texts() == ["hello there"]
         assert not run.closes
@@ -288,13 +291,81 @@ async def test_agent_turn_records_retry_count(span_exporter: InMemorySpanExporte
     spans = span_exporter.get_finished_spans()
     (turn,) = [s for s in spans if s.name == "agent_turn"]
     assert turn.attributes is not None
-    assert turn.attributes[trace_types.ATTR_RETRY_COUNT] == 2
+    # a later tool step would overwrite it on the shared turn span: it is on each step's span
+    assert trace_types.ATTR_RETRY_COUNT not in turn.attributes
     inference = [s for s in spans if s.name == "realtime_inference"]
     assert [s.attributes[trace_types.ATTR_RETRY_COUNT] for s in inference if s.attributes] == [
         0,
         1,
         2,
     ]
+
+
+@pytest.mark.review(round=1)
+async def test_every_attempt_has_its_own_inference_span(
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    # the first request is rejected before any response exists: it is an attempt all the same
+    async with _run([Attempt.rejected(), Attempt.fail()]) as run:
+        await _reply(run)
+
+    spans = span_exporter.get_finished_spans()
+    inference = [s for s in spans if s.name == "realtime_inference"]
+    counts = [s.attributes[trace_types.ATTR_RETRY_COUNT] for s in inference if s.attributes]
+    assert counts == [0, 1, 2], f"realtime_inference spans per attempt: {counts}"
+
+
+@pytest.mark.review(round=1)
+async def test_interrupt_while_the_failed_items_are_removed_does_not_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    removing = asyncio.Event()
+    async with _run([Attempt.fail()]) as run:
+        run.rt.removal_hold = removing
+        handle = run.session.generate_reply()
+        for _ in range(400):
+            if run.rt.removals_started:
+                break
+            await asyncio.sleep(0.005)
+        assert run.rt.removals_started, "the failed response's item was not removed"
+
+        caplog.clear()
+        run.session.interrupt()
+        removing.set()
+        await asyncio.wait_for(handle.wait_for_playout(), timeout=2)
+
+        retrying = [r for r in caplog.records if "retrying" in r.getMessage()]
+        assert not retrying, "logged a retry for a turn the user interrupted"
+        assert len(run.rt.requests) == 1
+        assert handle.interrupted and handle.exception() is None
+        assert run.recoverable() == [True]
+
+
+@pytest.mark.review(round=1)
+async def test_interrupt_as_the_outcome_fails_sets_no_error_on_the_speech() -> None:
+    ended = asyncio.Event()
+    heard = Attempt(
+        text="hello th",
+        audio=0.05,
+        error=RealtimeError("response failed", code="server_error", retryable=True),
+        outcome_hold=ended,
+    )
+    async with _run([heard]) as run:
+        handle = run.session.generate_reply()
+        for _ in range(400):
+            if run.assistant_texts() or run.rt._active is None:
+                break
+            await asyncio.sleep(0.005)
+        # the 50 ms reply plays out in real time; then the loop waits for its outcome
+        await asyncio.sleep(0.4)
+        ended.set()
+        run.session.interrupt()
+        await asyncio.wait_for(handle.wait_for_playout(), timeout=2)
+
+        assert handle.interrupted
+        assert handle.exception() is None, (
+            f"the interrupted speech ended with {handle.exception()!r}"
+        )
 
 
 # -- not retried ----------------------------------------------------------------------------------
@@ -343,9 +414,10 @@ async def test_no_retry_after_a_function_call() -> None:
         handle = await _reply(run)
 
         assert calls == ["lookup"]
-        # the failed response is not asked again; only the tool's reply is asked for
+        # the failed response is not asked again; only the tool's reply is asked for. The turn
+        # carries on, so its failed attempt is reported as recoverable (review round 1)
         assert len(run.rt.requests) == 2
-        assert run.recoverable() == [False]
+        assert run.recoverable() == [True]
         assert handle.exception() is None
         assert run.assistant_texts() == ["hello there"]
 
@@ -362,8 +434,9 @@ async def test_not_retryable_is_not_retried(retryable: bool | None, rejected: bo
         handle = await _reply(run)
 
         assert len(run.rt.requests) == 1
-        # only the error the plugin emitted itself; the framework adds none
-        assert run.recoverable() == [True]
+        # classified as final: the turn gives up on it, once, as LLMStream does; unclassified:
+        # only the error the plugin emitted itself, as before
+        assert run.recoverable() == ([False] if retryable is False else [True])
         exc = handle.exception()
         assert isinstance(exc, RealtimeError) and exc.code == "invalid_value"
         assert not run.closes
@@ -387,7 +460,8 @@ async def test_plugin_without_outcome_behaves_as_before() -> None:
         handle = await _reply(run)
 
         assert len(run.rt.requests) == 1
-        assert run.errors == []
+        # the plugin's own report reaches the session unchanged, and nothing else
+        assert run.recoverable() == [True]
         assert handle.exception() is None
         assert run.rt.deleted_items == []
 

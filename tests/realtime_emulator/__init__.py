@@ -80,6 +80,9 @@ type="invalid_request_error", message)``               create's event_id; no ``r
 ``FunctionCall(name, arguments="{}", call_id=None)``   output item ``type=function_call`` with
                                                        name/call_id/arguments (+ arguments
                                                        delta/done events), then completed
+``FunctionCall(..., then_fail=FailResponse(...))``     ... then ``response.done status=failed``
+                                                       (a response that called a tool, then
+                                                       failed)
 ``CloseAfterCreated()``                                socket closed right after this response's
                                                        ``response.created`` (record: ``dropped``)
 ``NoAnswer()``                                         the ``response.create`` is swallowed: no
@@ -119,6 +122,8 @@ reset_seconds), ...)``                                 ``response.created`` (Non
 ``ErrorThenClose(code, type, message)``                ``session.created``, one ``error`` event
                                                        ``{type, code}``, then close
 ``ErrorThenClose(..., rate_limits=(RateLimit(),))``    ``rate_limits.updated`` precedes the error
+``ErrorThenClose(..., after=S)``                       normal service for S seconds, then the
+                                                       error and the close (fails late)
 ``HangHandshake()``                                    the upgrade is never answered (until the
                                                        emulator closes or ``drop_connection``)
 ``SlowHandshake(seconds)``                             the upgrade is answered after ``seconds``,

@@ -98,11 +98,14 @@ class FunctionCall:
         name: function name.
         arguments: JSON arguments string.
         call_id: the call id; generated when None.
+        then_fail: if set, the response ends ``status=failed`` as this fault says (after the
+            call was emitted) instead of completing.
     """
 
     name: str
     arguments: str = "{}"
     call_id: str | None = None
+    then_fail: FailResponse | None = None
 
 
 @dataclass(frozen=True)
@@ -267,12 +270,14 @@ class ErrorThenClose:
         type: ``error.type``.
         message: ``error.message``.
         rate_limits: if set, a ``rate_limits.updated`` with these entries precedes the error.
+        after: seconds of normal service before the error (a server that fails late).
     """
 
     code: str = "server_error"
     type: str = "server_error"
     message: str = "The server had an error while processing your request."
     rate_limits: tuple[RateLimit, ...] | None = None
+    after: float = 0.0
 
 
 @dataclass(frozen=True)

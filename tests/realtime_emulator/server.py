@@ -633,18 +633,14 @@ class RealtimeEmulator:
 
         await conn.send(self._session_created_event())
 
-        if isinstance(fault, ErrorThenClose):
-            if fault.rate_limits:
-                await conn.send(self._rate_limits_event(fault.rate_limits))
-            await conn.send(
-                {"type": "error", "error": _error_body(fault.type, fault.code, fault.message)}
-            )
-            await conn.close()
-            record.closed_at = time.monotonic()
+        if isinstance(fault, ErrorThenClose) and fault.after <= 0:
+            await self._error_then_close(conn, fault)
             return
 
         if isinstance(fault, AcceptThenClose):
             conn.spawn(self._close_later(conn, fault.after), name="emulator.close_later")
+        elif isinstance(fault, ErrorThenClose):
+            conn.spawn(self._error_then_close_later(conn, fault), name="emulator.error_later")
 
         try:
             async for msg in conn.ws:
@@ -665,6 +661,19 @@ class RealtimeEmulator:
             await asyncio.gather(*tasks, return_exceptions=True)
             await conn.wait_closed()
             record.closed_at = time.monotonic()
+
+    async def _error_then_close(self, conn: _Connection, fault: ErrorThenClose) -> None:
+        if fault.rate_limits:
+            await conn.send(self._rate_limits_event(fault.rate_limits))
+        await conn.send(
+            {"type": "error", "error": _error_body(fault.type, fault.code, fault.message)}
+        )
+        await conn.close()
+        conn.record.closed_at = time.monotonic()
+
+    async def _error_then_close_later(self, conn: _Connection, fault: ErrorThenClose) -> None:
+        await asyncio.sleep(fault.after)
+        await self._error_then_close(conn, fault)
 
     async def _close_later(self, conn: _Connection, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -1293,6 +1302,9 @@ class RealtimeEmulator:
         done_item = {**item, "status": "completed", "arguments": fault.arguments}
         await _item_done(conn, record.response_id, prev, done_item)
         output.append(done_item)
+        if fault.then_fail is not None:
+            await self._fail(conn, active, fault.then_fail, output)
+            return
         await self._finish(
             conn, active, status="completed", status_details=None, output=output, output_tokens=8
         )
