@@ -434,9 +434,9 @@ async def test_not_retryable_is_not_retried(retryable: bool | None, rejected: bo
         handle = await _reply(run)
 
         assert len(run.rt.requests) == 1
-        # classified as final: the turn gives up on it, once, as LLMStream does; unclassified:
-        # only the error the plugin emitted itself, as before
-        assert run.recoverable() == ([False] if retryable is False else [True])
+        # a request the server refused ends the turn, not the session: one error, recoverable,
+        # as before (it does not count against max_unrecoverable_errors)
+        assert run.recoverable() == [True]
         exc = handle.exception()
         assert isinstance(exc, RealtimeError) and exc.code == "invalid_value"
         assert not run.closes

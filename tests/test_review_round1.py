@@ -51,10 +51,12 @@ from .realtime_emulator import (
     FunctionCall,
     HangHandshake,
     Incomplete,
+    NoAnswer,
     RateLimit,
     RealtimeEmulator,
     RejectCreate,
     RejectUpgrade,
+    Reply,
     SlowHandshake,
 )
 
@@ -528,3 +530,136 @@ async def test_contract_6_the_fallback_adapter_fails_over_an_exhausted_turn() ->
             assert primary.num_response_creates == 2  # max_retry + 1 on the primary, once
             assert all(e.error.recoverable for e in h.errors), h.describe_errors()
         h.guard.assert_clean()
+
+
+# -- found reviewing the fix (guards; the series before it had other defects on these paths) ---
+
+
+async def _state_after(h: SessionHarness, handle: Any) -> str:
+    await _done(h, handle, what="the speech to end")
+    await h.wait_for(
+        lambda: h.session.agent_state != "thinking", timeout=2.0, what="the state to settle"
+    )
+    return h.session.agent_state
+
+
+@pytest.mark.parametrize("moment", ["backoff", "pending request"])
+async def test_an_interrupt_during_a_retry_leaves_the_agent_listening(moment: str) -> None:
+    second = NoAnswer() if moment == "pending request" else FailResponse()
+    plan = FaultPlan(responses={1: FailResponse(), 2: second})
+    async with (
+        RealtimeEmulator(plan) as emu,
+        SessionHarness(emu, retry_interval=0.05, timeout=5.0) as h,
+    ):
+        handle = h.session.generate_reply(instructions="greet the user")
+        n = 1 if moment == "backoff" else 2
+        await emu.wait_for(lambda: emu.num_response_creates >= n, what="the attempt to interrupt")
+        if moment == "backoff":
+            await h.wait_for(lambda: h.session.agent_state == "thinking", what="the backoff")
+        h.session.interrupt()
+        assert await _state_after(h, handle) == "listening"
+        assert handle.interrupted
+    h.guard.assert_clean()
+
+
+async def test_a_failure_withheld_for_an_interrupted_turn_is_still_reported() -> None:
+    plan = FaultPlan(
+        responses={1: FailResponse(after_audio_deltas=5)},
+        reply=Reply(audio_deltas=5, chunk_ms=200),
+    )
+    async with RealtimeEmulator(plan) as emu, SessionHarness(emu, playout_speed=1.0) as h:
+        rt = h.realtime_session
+        assert rt is not None
+        seen: list[llm.RealtimeModelError] = []
+        rt.on("error", seen.append)
+        handle = h.session.generate_reply(instructions="greet the user")
+        await h.wait_for(lambda: seen and h.audio.frames, what="the failure during playout")
+        h.session.interrupt()
+        await _done(h, handle, what="the interrupted speech to end")
+        await h.wait_for(lambda: h.errors, timeout=2.0, what="the failure to reach AgentSession")
+        assert [e.error.recoverable for e in h.errors] == [True], h.describe_errors()
+        assert handle.exception() is None
+    h.guard.assert_clean()
+
+
+async def test_a_refused_request_ends_the_turn_without_counting() -> None:
+    refused = RejectCreate(code="conversation_already_has_active_response")
+    plan = FaultPlan(responses={1: refused, 2: refused})
+    async with (
+        RealtimeEmulator(plan) as emu,
+        SessionHarness(emu, max_unrecoverable_errors=1) as h,
+    ):
+        for _ in range(2):
+            handle = h.session.generate_reply(instructions="greet the user")
+            await _done(h, handle, what="the refused turn to end")
+            assert isinstance(handle.exception(), llm.RealtimeError)
+        await asyncio.sleep(0.1)
+        assert [e.error.recoverable for e in h.errors] == [True, True], h.describe_errors()
+        assert not h.closed.is_set(), "benign refusals closed the session"
+        assert emu.num_response_creates == 2
+    h.guard.assert_clean()
+
+
+async def _fallback_harness(
+    primary: RealtimeEmulator, secondary: RealtimeEmulator, http: aiohttp.ClientSession, **kw: Any
+) -> SessionHarness:
+    fallback = openai.realtime.RealtimeModel(
+        base_url=secondary.http_url,
+        api_key=secondary.api_key,
+        conn_options=APIConnectOptions(max_retry=1, retry_interval=0.05, timeout=1.0),
+        http_session=http,
+    )
+    return SessionHarness(
+        primary, wrap_model=lambda m: RealtimeModelFallbackAdapter([m, fallback]), **kw
+    )
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [FailResponse(code="invalid_value"), FailResponse(after_audio_deltas=2)],
+    ids=["refused", "after-output"],
+)
+async def test_the_fallback_adapter_keeps_its_model_for_a_turn_level_failure(
+    fault: FailResponse,
+) -> None:
+    async with (
+        RealtimeEmulator(FaultPlan(responses={1: fault})) as primary,
+        RealtimeEmulator() as secondary,
+        aiohttp.ClientSession() as http,
+    ):
+        async with await _fallback_harness(primary, secondary, http, max_retry=3) as h:
+            handle = h.session.generate_reply(instructions="greet the user")
+            await _done(h, handle, what="the turn to end")
+            await asyncio.sleep(0.3)
+            assert secondary.num_connections == 0, "swapped the model for one turn's failure"
+        h.guard.assert_clean()
+
+
+@pytest.mark.parametrize("max_retry", [0, 1])
+async def test_the_fallback_adapter_reissues_the_reply_whatever_max_retry(max_retry: int) -> None:
+    async with (
+        RealtimeEmulator(FaultPlan(every_response=FailResponse())) as primary,
+        RealtimeEmulator() as secondary,
+        aiohttp.ClientSession() as http,
+    ):
+        async with await _fallback_harness(primary, secondary, http, max_retry=max_retry) as h:
+            handle = h.session.generate_reply(instructions="greet the user")
+            await _done(h, handle, what="the turn on the failing primary")
+            await secondary.wait_for(
+                lambda: secondary.num_response_creates >= 1, what="the reply re-issued"
+            )
+            await h.wait_for(lambda: h.audio.frames, what="the reply on the fallback")
+        h.guard.assert_clean()
+
+
+async def test_closing_without_drain_while_a_retry_is_pending_ends_the_turn_with_its_error() -> (
+    None
+):
+    plan = FaultPlan(responses={1: FailResponse(), 2: NoAnswer()})
+    async with RealtimeEmulator(plan) as emu, SessionHarness(emu, timeout=5.0) as h:
+        handle = h.session.generate_reply(instructions="greet the user")
+        await emu.wait_for(lambda: emu.num_response_creates >= 2, what="the retry's request")
+        h.session.shutdown(drain=False)
+        await _done(h, handle, what="the speech to end")
+        assert handle.exception() is not None, "a turn with a failed attempt ended silently"
+    h.guard.assert_clean()
