@@ -24,20 +24,24 @@ from .realtime_emulator import (
     DEFAULT_API_KEY,
     AcceptThenClose,
     CloseAfterCreated,
+    CloseMidStream,
     ErrorThenClose,
     FailResponse,
     FaultPlan,
     FunctionCall,
     HangHandshake,
     Healthy,
+    Incomplete,
     Malformed,
     MalformedKind,
     NoAnswer,
     RateLimit,
+    RateLimitsBefore,
     RealtimeEmulator,
     RejectCreate,
     RejectUpgrade,
     Reply,
+    SlowHandshake,
     random_faults,
 )
 
@@ -557,6 +561,215 @@ async def test_every_response_fault(http: aiohttp.ClientSession) -> None:
         c = await RawClient(http, emu).connect()
         statuses = [_done((await c.create_response())[1])["status"] for _ in range(4)]
         assert statuses == ["failed", "failed", "completed", "failed"]
+
+
+@pytest.mark.parametrize("reason", ["max_output_tokens", "content_filter"])
+async def test_incomplete_after_the_full_reply(http: aiohttp.ClientSession, reason: str) -> None:
+    plan = FaultPlan(responses={1: Incomplete(reason=reason)})  # type: ignore[arg-type]
+    async with RealtimeEmulator(plan) as emu:
+        c = await RawClient(http, emu).connect()
+        _, events = await c.create_response()
+        deltas = ["response.output_audio_transcript.delta", "response.output_audio.delta"]
+        assert _types(events) == REPLY_SEQUENCE + deltas * emu.plan.reply.audio_deltas + REPLY_TAIL
+        done = _done(events)
+        assert done["status"] == "incomplete"
+        assert done["status_details"] == {"type": "incomplete", "reason": reason}
+        assert done["output"][0]["status"] == "incomplete"
+        assert done["output"][0]["content"][0]["transcript"] == emu.plan.reply.transcript
+        item_done = next(e for e in events if e["type"] == "response.output_item.done")
+        assert item_done["item"]["status"] == "incomplete"
+        record = emu.responses[0]
+        assert (record.status, record.audio_deltas) == ("incomplete", emu.plan.reply.audio_deltas)
+        _, again = await c.create_response()
+        assert _done(again)["status"] == "completed"
+
+
+async def test_incomplete_after_k_audio_deltas(http: aiohttp.ClientSession) -> None:
+    plan = FaultPlan(
+        responses={
+            1: Incomplete(reason="content_filter", after_audio_deltas=2),
+            2: Incomplete(after_audio_deltas=0),
+            3: Incomplete(after_audio_deltas=99),
+        }
+    )
+    async with RealtimeEmulator(plan) as emu:
+        c = await RawClient(http, emu).connect()
+        _, events = await c.create_response()
+        assert _types(events).count("response.output_audio.delta") == 2
+        assert _types(events)[-6:] == REPLY_TAIL
+        done = _done(events)
+        assert (done["status"], done["status_details"]["reason"]) == (
+            "incomplete",
+            "content_filter",
+        )
+        assert done["output"][0]["status"] == "incomplete"
+        transcript = done["output"][0]["content"][0]["transcript"]
+        assert transcript and emu.plan.reply.transcript.startswith(transcript)
+        assert transcript != emu.plan.reply.transcript
+
+        _, none = await c.create_response()
+        assert "response.output_audio.delta" not in _types(none)
+        assert _done(none)["status_details"]["reason"] == "max_output_tokens"
+        _, full = await c.create_response()
+        assert _types(full).count("response.output_audio.delta") == emu.plan.reply.audio_deltas
+        assert _done(full)["status"] == "incomplete"
+        assert [(r.status, r.audio_deltas) for r in emu.responses] == [
+            ("incomplete", 2),
+            ("incomplete", 0),
+            ("incomplete", emu.plan.reply.audio_deltas),
+        ]
+
+
+@pytest.mark.parametrize("k", [0, 2])
+async def test_close_mid_stream(http: aiohttp.ClientSession, k: int) -> None:
+    plan = FaultPlan(responses={1: CloseMidStream(after_audio_deltas=k)})
+    async with RealtimeEmulator(plan) as emu:
+        c = await RawClient(http, emu).connect()
+        await c.send("response.create", response={})
+        events = await c.recv_until("<closed>")
+        types = _types(events)
+        assert types[: len(REPLY_SEQUENCE)] == REPLY_SEQUENCE
+        assert types.count("response.output_audio.delta") == k
+        assert types[-1] == "<closed>" and "response.done" not in types
+        await emu.wait_for(lambda: emu.connections[0].closed_at is not None, what="the close")
+        record = emu.responses[0]
+        assert (record.status, record.audio_deltas) == ("dropped", k)
+        assert len(record.item_ids) == 1
+        assert emu.connections[0].closed_by == "server"
+        assert not emu.has_active_response
+
+
+async def test_rate_limits_before_a_response_per_response(http: aiohttp.ClientSession) -> None:
+    exhausted = (RateLimit(name="requests", remaining=0, reset_seconds=1.25),)
+    plan = FaultPlan(
+        responses={
+            1: RateLimitsBefore(rate_limits=exhausted),
+            2: RateLimitsBefore(rate_limits=exhausted, then=RejectCreate()),
+            4: RateLimitsBefore(then=FailResponse(code="server_error")),
+            5: RateLimitsBefore(then=Incomplete(after_audio_deltas=1)),
+        },
+        rate_limits=None,
+    )
+    async with RealtimeEmulator(plan) as emu:
+        c = await RawClient(http, emu).connect()
+        _, first = await c.create_response()
+        assert _types(first)[:2] == ["rate_limits.updated", "response.created"]
+        assert first[0]["rate_limits"][0]["reset_seconds"] == 1.25
+        assert _done(first)["status"] == "completed"
+        assert _types(first).count("rate_limits.updated") == 1
+
+        event_id, second = await c.create_response()
+        assert _types(second) == ["rate_limits.updated", "error"]
+        assert second[1]["error"]["event_id"] == event_id
+
+        _, third = await c.create_response()  # not in the plan: no rate limits at all
+        assert "rate_limits.updated" not in _types(third)
+
+        _, fourth = await c.create_response()
+        assert _types(fourth) == ["rate_limits.updated", "response.created", "response.done"]
+        assert _done(fourth)["status"] == "failed"
+        _, fifth = await c.create_response()
+        assert _types(fifth)[0] == "rate_limits.updated"
+        assert _done(fifth)["status"] == "incomplete"
+
+        assert [r.status for r in emu.responses] == [
+            "completed",
+            "rejected",
+            "completed",
+            "failed",
+            "incomplete",
+        ]
+        assert isinstance(emu.responses[1].fault, RateLimitsBefore)
+        assert isinstance(emu.responses[1].effective_fault, RejectCreate)
+        assert isinstance(emu.responses[0].effective_fault, Reply)
+
+    with pytest.raises(TypeError):
+        RateLimitsBefore(then=RateLimitsBefore())  # type: ignore[arg-type]
+
+
+async def test_rate_limits_before_a_server_vad_response(http: aiohttp.ClientSession) -> None:
+    plan = FaultPlan(responses={1: RateLimitsBefore()}, rate_limits=None)
+    async with RealtimeEmulator(plan) as emu:
+        c = await RawClient(http, emu).connect()
+        record = await emu.server_vad_turn("hello")
+        events = await c.recv_until("response.done")
+        types = _types(events)
+        assert types.index("rate_limits.updated") + 1 == types.index("response.created")
+        assert record.origin == "server" and record.status == "completed"
+
+
+async def test_drop_connection_mid_response(http: aiohttp.ClientSession) -> None:
+    plan = FaultPlan(reply=Reply(audio_deltas=1000, delta_interval=0.005))
+    async with RealtimeEmulator(plan) as emu:
+        c = await RawClient(http, emu).connect()
+        await c.send("response.create", response={})
+        await c.recv_until("response.output_audio.delta")
+        await emu.drop_connection()
+        events = await c.recv_until("<closed>")
+        assert "response.done" not in _types(events)
+        await emu.wait_for(lambda: emu.responses[0].status == "dropped", what="the drop")
+        assert 1 <= emu.responses[0].audio_deltas < 1000
+        assert emu.connections[0].closed_by == "server"
+        assert not emu.has_active_response
+
+
+@pytest.mark.parametrize("fault", [HangHandshake(), SlowHandshake(seconds=5.0)])
+async def test_drop_connection_mid_handshake(
+    http: aiohttp.ClientSession, fault: HangHandshake | SlowHandshake
+) -> None:
+    async with RealtimeEmulator(FaultPlan(connections={1: fault, 2: fault})) as emu:
+        with pytest.raises(RuntimeError, match="no open connection and no pending handshake"):
+            await emu.drop_connection()
+        # a bare TCP client sees the socket closed with no HTTP answer at all
+        reader, writer = await asyncio.open_connection("127.0.0.1", emu.port)
+        writer.write(
+            b"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            + f"Authorization: Bearer {emu.api_key}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        await emu.wait_for(lambda: emu.num_connections == 1, what="the pending handshake")
+        t0 = time.monotonic()
+        await emu.drop_connection()
+        assert await asyncio.wait_for(reader.read(), 1.0) == b""
+        assert time.monotonic() - t0 < 1.0
+        writer.close()
+        record = emu.connections[0]
+        assert (record.outcome, record.status, record.closed_by) == ("dropped", 0, "server")
+        assert record.answered_at is None and record.closed_at is not None
+
+        # aiohttp's client (the engine's) retries a GET dropped before any answer once, by
+        # itself: a drop mid-handshake shows as a new attempt, here a healthy one
+        attempt = asyncio.create_task(RawClient(http, emu).connect(timeout=4.0))
+        await emu.wait_for(lambda: emu.num_connections == 2, what="the second handshake")
+        await emu.drop_connection(conn=2)
+        await emu.wait_for(lambda: emu.num_connections == 3, what="aiohttp's own retry")
+        client = await asyncio.wait_for(attempt, 2.0)
+        assert client.ws is not None and not client.ws.closed
+        assert [c.outcome for c in emu.connections] == ["dropped", "dropped", "accepted"]
+
+
+async def test_slow_handshake(http: aiohttp.ClientSession) -> None:
+    plan = FaultPlan(connections={1: SlowHandshake(seconds=0.3), 2: SlowHandshake(seconds=0.4)})
+    async with RealtimeEmulator(plan) as emu:
+        t0 = time.monotonic()
+        c = await RawClient(http, emu).connect(timeout=2.0)
+        assert time.monotonic() - t0 >= 0.3
+        record = emu.connections[0]
+        assert record.outcome == "accepted" and record.answered_at is not None
+        assert record.answered_at - record.t >= 0.3
+        _, events = await c.create_response()
+        assert _done(events)["status"] == "completed"
+
+        # a client that gives up before the answer: abandoned, never served
+        with pytest.raises(asyncio.TimeoutError):
+            await RawClient(http, emu).connect(timeout=0.1)
+        await emu.wait_for(
+            lambda: emu.connections[1].outcome == "abandoned", timeout=2.0, what="abandoned"
+        )
+        assert emu.connections[1].closed_by == "client"
+        assert [r.conn for r in emu.responses] == [1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,6 +93,18 @@ type="invalid_request_error", message)``               create's event_id; no ``r
                                                        object
 ``Malformed("status_details_string")``                 response fails before output with
                                                        ``status_details`` a plain string
+``Incomplete(reason="max_output_tokens"|               opens the message item, K audio (and
+"content_filter", after_audio_deltas=None)``           transcript) deltas (None: the full reply),
+                                                       closes the part, item done ``status=
+                                                       incomplete``, ``response.done`` ``status=
+                                                       incomplete``, ``status_details={"type":
+                                                       "incomplete", "reason": reason}``
+``CloseMidStream(after_audio_deltas=K)``               opens the message item, K audio deltas,
+                                                       then the server closes the socket (no
+                                                       ``response.done``; record: ``dropped``)
+``RateLimitsBefore(rate_limits=(RateLimit(...),),      ``rate_limits.updated`` as soon as the
+then=<fault>)``                                        create arrives (or before a VAD response),
+                                                       then ``then`` (None: the plan's reply)
 ``every_response=<fault>``                             the fault for every response not in
                                                        ``responses`` (e.g. persistent failure)
 ``responses=random_faults(p, seed=, count=,            each response number 1..count fails with
@@ -108,7 +120,10 @@ reset_seconds), ...)``                                 ``response.created`` (Non
                                                        ``{type, code}``, then close
 ``ErrorThenClose(..., rate_limits=(RateLimit(),))``    ``rate_limits.updated`` precedes the error
 ``HangHandshake()``                                    the upgrade is never answered (until the
-                                                       emulator closes)
+                                                       emulator closes or ``drop_connection``)
+``SlowHandshake(seconds)``                             the upgrade is answered after ``seconds``,
+                                                       then a normal connection (a client that
+                                                       left meanwhile: outcome ``abandoned``)
 ``RejectUpgrade(status=401|403|429|500|..., code)``    HTTP error with an OpenAI JSON body
                                                        (401 ``invalid_api_key``, 429
                                                        ``rate_limit_exceeded``, else
@@ -119,7 +134,9 @@ Driving and injecting (on the newest open connection unless ``conn=`` is given)
 -------------------------------------------------------------------------------
 ``await emu.server_vad_turn(transcript)`` -> ResponseRecord; ``await emu.send_event(dict)``;
 ``await emu.send_raw(text)``; ``await emu.send_rate_limits((RateLimit(...),))``;
-``await emu.drop_connection()``; ``await emu.wait_connected()`` -> connection number.
+``await emu.drop_connection()`` (a close on demand at any moment: mid-response the active
+response is recorded ``dropped``; with no open connection it drops the pending hanging or slow
+handshake, outcome ``dropped``); ``await emu.wait_connected()`` -> connection number.
 
 Records and queries
 -------------------
@@ -127,12 +144,14 @@ Records and queries
   ``emu.client_events(type=None, conn=None)``; ``emu.response_creates``;
   ``emu.num_response_creates``.
 - ``emu.connections``: every attempt, ``ConnectionRecord(number, t, fault, model, outcome=
-  accepted|rejected|unauthorized|hung, status, closed_at, closed_by=server|client)``;
+  accepted|rejected|unauthorized|hung|abandoned|dropped, status, closed_at, closed_by=
+  server|client, answered_at)``;
   ``emu.num_connections``; ``emu.accepted_connections``.
 - ``emu.responses``: every response number, ``ResponseRecord(number, conn, origin=client|server,
   fault, requested_at, create_event_id, metadata, response_id, status=pending|in_progress|
-  completed|failed|cancelled|rejected|unanswered|dropped, overlapped, created_at, done_at,
-  item_ids, audio_deltas, cancel_reason)``; ``emu.responses_with(status)``.
+  completed|failed|incomplete|cancelled|rejected|unanswered|dropped, overlapped, created_at,
+  done_at, item_ids, audio_deltas, cancel_reason)``, ``.effective_fault`` (a
+  ``RateLimitsBefore`` unwrapped); ``emu.responses_with(status)``.
 - ``emu.overlapping_creates``: records of ``response.create`` received while a response was
   active (should be empty); ``emu.has_active_response``.
 - ``emu.deleted_items``: ids deleted by ``conversation.item.delete``.
@@ -170,6 +189,7 @@ anything), ``h.assistant_messages()``, ``h.user_messages()``, ``h.guard`` (Excep
 from .plan import (
     AcceptThenClose,
     CloseAfterCreated,
+    CloseMidStream,
     ConnectionFault,
     ErrorThenClose,
     FailResponse,
@@ -177,14 +197,18 @@ from .plan import (
     FunctionCall,
     HangHandshake,
     Healthy,
+    Incomplete,
+    IncompleteReason,
     Malformed,
     MalformedKind,
     NoAnswer,
     RateLimit,
+    RateLimitsBefore,
     RejectCreate,
     RejectUpgrade,
     Reply,
     ResponseFault,
+    SlowHandshake,
     random_faults,
 )
 from .server import (
@@ -199,6 +223,7 @@ __all__ = [
     "AcceptThenClose",
     "ClientEvent",
     "CloseAfterCreated",
+    "CloseMidStream",
     "ConnectionFault",
     "ConnectionRecord",
     "DEFAULT_API_KEY",
@@ -208,15 +233,19 @@ __all__ = [
     "FunctionCall",
     "HangHandshake",
     "Healthy",
+    "Incomplete",
+    "IncompleteReason",
     "Malformed",
     "MalformedKind",
     "NoAnswer",
     "RateLimit",
+    "RateLimitsBefore",
     "RealtimeEmulator",
     "RejectCreate",
     "RejectUpgrade",
     "Reply",
     "ResponseFault",
     "ResponseRecord",
+    "SlowHandshake",
     "random_faults",
 ]

@@ -152,8 +152,88 @@ class Malformed:
     event_type: str = "response.output_item.added"
 
 
+IncompleteReason = Literal["max_output_tokens", "content_filter"]
+
+
+@dataclass(frozen=True)
+class Incomplete:
+    """The response streams, then ends with ``response.done`` ``status="incomplete"``.
+
+    The assistant message item is opened, K audio (and transcript) deltas are sent, then the
+    part is closed (``output_audio.done``, ``output_audio_transcript.done``,
+    ``content_part.done``), the item is done with ``status="incomplete"`` and
+    ``response.done`` carries ``status_details={"type": "incomplete", "reason": reason}``.
+
+    Args:
+        reason: ``status_details.reason``: ``max_output_tokens`` or ``content_filter``.
+        after_audio_deltas: K, the deltas sent before the end; None (or K at least the reply's
+            ``audio_deltas``) = the full reply, then the incomplete end.
+    """
+
+    reason: IncompleteReason = "max_output_tokens"
+    after_audio_deltas: int | None = None
+
+
+@dataclass(frozen=True)
+class CloseMidStream:
+    """The server closes the socket in the middle of this response's audio.
+
+    The assistant message item is opened and K audio (and transcript) deltas are sent, then the
+    socket is closed: no ``response.done`` (record: ``dropped``).
+
+    Args:
+        after_audio_deltas: K; 0 = close right after the message item was opened.
+    """
+
+    after_audio_deltas: int = 1
+
+
+@dataclass(frozen=True)
+class RateLimitsBefore:
+    """A ``rate_limits.updated`` event as soon as the ``response.create`` arrives, then ``then``.
+
+    Per response, whatever the response then does (a normal reply, a failure, a rejection, a
+    tool call ...): the event precedes the answer to the create (``response.created`` or the
+    ``error``). For a server-VAD response it precedes ``response.created``.
+
+    Args:
+        rate_limits: the entries of the event (e.g. ``remaining=0, reset_seconds=1.0``).
+        then: the response fault that follows (None = the plan's ``reply``); not itself a
+            ``RateLimitsBefore``.
+    """
+
+    rate_limits: tuple[RateLimit, ...] = (
+        RateLimit(name="requests", limit=1000, remaining=0, reset_seconds=0.5),
+    )
+    then: (
+        Reply
+        | FailResponse
+        | RejectCreate
+        | FunctionCall
+        | CloseAfterCreated
+        | NoAnswer
+        | Malformed
+        | Incomplete
+        | CloseMidStream
+        | None
+    ) = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.then, RateLimitsBefore):
+            raise TypeError("RateLimitsBefore(then=RateLimitsBefore(...)) is not a plan item")
+
+
 ResponseFault = (
-    Reply | FailResponse | RejectCreate | FunctionCall | CloseAfterCreated | NoAnswer | Malformed
+    Reply
+    | FailResponse
+    | RejectCreate
+    | FunctionCall
+    | CloseAfterCreated
+    | NoAnswer
+    | Malformed
+    | Incomplete
+    | CloseMidStream
+    | RateLimitsBefore
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +294,23 @@ class RejectUpgrade:
     code: str | None = None
 
 
-ConnectionFault = Healthy | AcceptThenClose | ErrorThenClose | HangHandshake | RejectUpgrade
+@dataclass(frozen=True)
+class SlowHandshake:
+    """Answer the upgrade only after ``seconds``, then serve the connection normally.
+
+    ``HangHandshake`` never answers. A client that gave up before the answer is recorded with
+    outcome ``abandoned``. ``emu.drop_connection()`` during the delay drops the handshake.
+
+    Args:
+        seconds: the delay before the upgrade (or the authorization failure) is answered.
+    """
+
+    seconds: float = 0.5
+
+
+ConnectionFault = (
+    Healthy | AcceptThenClose | ErrorThenClose | HangHandshake | RejectUpgrade | SlowHandshake
+)
 
 
 @dataclass(frozen=True)

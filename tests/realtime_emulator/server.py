@@ -21,19 +21,23 @@ from aiohttp import web
 from .plan import (
     AcceptThenClose,
     CloseAfterCreated,
+    CloseMidStream,
     ConnectionFault,
     ErrorThenClose,
     FailResponse,
     FaultPlan,
     FunctionCall,
     HangHandshake,
+    Incomplete,
     Malformed,
     NoAnswer,
     RateLimit,
+    RateLimitsBefore,
     RejectCreate,
     RejectUpgrade,
     Reply,
     ResponseFault,
+    SlowHandshake,
 )
 
 SAMPLE_RATE = 24000
@@ -65,11 +69,18 @@ class ConnectionRecord:
     """time.monotonic() when the upgrade request arrived"""
     fault: ConnectionFault
     model: str | None
-    outcome: Literal["accepted", "rejected", "unauthorized", "hung"] = "accepted"
+    outcome: Literal["accepted", "rejected", "unauthorized", "hung", "abandoned", "dropped"] = (
+        "accepted"
+    )
+    """hung: never answered (HangHandshake); abandoned: the client left during a SlowHandshake
+    delay; dropped: ``drop_connection()`` during a hanging or slow handshake"""
     status: int = 101
-    """101 when upgraded, the HTTP status when rejected, 0 when the handshake hung"""
+    """101 when upgraded, the HTTP status when rejected, 0 when the handshake hung, was
+    abandoned or dropped"""
     closed_at: float | None = None
     closed_by: Literal["server", "client"] | None = None
+    answered_at: float | None = None
+    """time.monotonic() when the upgrade was answered (None: never answered)"""
 
 
 ResponseStatus = Literal[
@@ -77,6 +88,7 @@ ResponseStatus = Literal[
     "in_progress",
     "completed",
     "failed",
+    "incomplete",
     "cancelled",
     "rejected",
     "unanswered",
@@ -92,13 +104,14 @@ class ResponseRecord:
     conn: int
     origin: Literal["client", "server"]
     fault: ResponseFault
+    """the plan item (a ``RateLimitsBefore`` stays wrapped here; ``effective_fault`` unwraps)"""
     requested_at: float
     create_event_id: str | None = None
     metadata: Any = None
     response_id: str | None = None
     status: ResponseStatus = "pending"
-    """final states: completed, failed, cancelled, rejected (error event, or overlap),
-    unanswered (NoAnswer), dropped (socket closed while active)"""
+    """final states: completed, failed, incomplete, cancelled, rejected (error event, or
+    overlap), unanswered (NoAnswer), dropped (socket closed while active)"""
     overlapped: bool = False
     """the response.create arrived while another response was active on the connection"""
     created_at: float | None = None
@@ -106,6 +119,18 @@ class ResponseRecord:
     item_ids: list[str] = field(default_factory=list)
     audio_deltas: int = 0
     cancel_reason: str | None = None
+
+    @property
+    def effective_fault(self) -> ResponseFault:
+        """What the response does after an optional ``RateLimitsBefore`` (its ``then``)."""
+        return _effective(self.fault, None)
+
+
+def _effective(fault: ResponseFault, reply: Reply | None) -> ResponseFault:
+    if isinstance(fault, RateLimitsBefore):
+        inner = fault.then
+        return inner if inner is not None else (reply if reply is not None else Reply())
+    return fault
 
 
 def _new_id(prefix: str) -> str:
@@ -290,6 +315,8 @@ class RealtimeEmulator:
         """client text frames that were not JSON: (conn, t, text)"""
 
         self._conns: dict[int, _Connection] = {}
+        self._handshakes: dict[int, tuple[web.Request, asyncio.Event]] = {}
+        """upgrades not yet answered (HangHandshake, SlowHandshake): request, release event"""
         self._attempts = itertools.count(1)
         self._response_numbers = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -314,6 +341,10 @@ class RealtimeEmulator:
 
     async def aclose(self) -> None:
         self._stopping.set()
+        for request, release in list(self._handshakes.values()):
+            if request.transport is not None:
+                request.transport.close()
+            release.set()
         for conn in list(self._conns.values()):
             for task in list(conn.tasks):
                 task.cancel()
@@ -444,8 +475,35 @@ class RealtimeEmulator:
         await self._current(conn).send_raw(text)
 
     async def drop_connection(self, *, conn: int | None = None) -> None:
-        """Close a connection from the server side (default: the newest open one)."""
-        await self._current(conn).close()
+        """Close a connection from the server side, at any moment.
+
+        Default: the newest open connection (mid-response too: the active response is recorded
+        ``dropped``); when none is open, the newest handshake still waiting for its answer
+        (``HangHandshake``, ``SlowHandshake``): its TCP connection is closed without an answer
+        and the attempt is recorded ``dropped``. ``conn=N`` picks attempt N either way.
+        RuntimeError when there is nothing to drop.
+        """
+        if conn is None:
+            open_conns = [c for c in self._conns.values() if not c.closed]
+            if open_conns:
+                await open_conns[-1].close()
+                return
+            if not self._handshakes:
+                raise RuntimeError("no open connection and no pending handshake")
+            conn = max(self._handshakes)
+        if conn in self._conns:
+            await self._conns[conn].close()
+            return
+        if conn not in self._handshakes:
+            raise RuntimeError(f"connection {conn} is neither open nor in its handshake")
+        request, release = self._handshakes.pop(conn)
+        record = self.connections[conn - 1]
+        record.outcome, record.status = "dropped", 0
+        record.closed_by, record.closed_at = "server", time.monotonic()
+        if request.transport is not None:
+            request.transport.close()
+        release.set()
+        await self._notify()
 
     async def send_rate_limits(
         self, rate_limits: tuple[RateLimit, ...], *, conn: int | None = None
@@ -514,9 +572,18 @@ class RealtimeEmulator:
 
         if isinstance(fault, HangHandshake):
             record.outcome, record.status = "hung", 0
-            await self._stopping.wait()
+            await self._hold_handshake(number, request, None)
             raise web.HTTPServiceUnavailable()
 
+        if isinstance(fault, SlowHandshake):
+            if not await self._hold_handshake(number, request, fault.seconds):
+                raise web.HTTPServiceUnavailable()  # dropped, or the emulator is stopping
+            if request.transport is None or request.transport.is_closing():
+                record.outcome, record.status = "abandoned", 0
+                record.closed_at, record.closed_by = time.monotonic(), "client"
+                raise web.HTTPServiceUnavailable()
+
+        record.answered_at = time.monotonic()
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             record.outcome, record.status = "unauthorized", 401
             return self._http_error(401, None)
@@ -536,6 +603,26 @@ class RealtimeEmulator:
             # only the small records outlive a connection (memory benches count per cycle)
             self._conns.pop(number, None)
         return ws
+
+    async def _hold_handshake(
+        self, number: int, request: web.Request, seconds: float | None
+    ) -> bool:
+        """Keep an upgrade unanswered for ``seconds`` (None: until released).
+
+        True when the delay ran out; False when ``drop_connection`` dropped the handshake or
+        the emulator is stopping.
+        """
+        release = asyncio.Event()
+        self._handshakes[number] = (request, release)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        released = asyncio.ensure_future(release.wait())
+        try:
+            await asyncio.wait([stopping, released], timeout=seconds, return_when="FIRST_COMPLETED")
+            return not (stopping.done() or released.done())
+        finally:
+            self._handshakes.pop(number, None)
+            for waiter in (stopping, released):
+                waiter.cancel()
 
     async def _serve(self, conn: _Connection, fault: ConnectionFault) -> None:
         record = conn.record
@@ -788,6 +875,9 @@ class RealtimeEmulator:
         )
         self.responses.append(record)
         event_id = record.create_event_id
+        if isinstance(fault, RateLimitsBefore):
+            await conn.send(self._rate_limits_event(fault.rate_limits))
+            fault = _effective(fault, self.plan.reply)
 
         if conn.active is not None:
             record.overlapped = True
@@ -891,7 +981,7 @@ class RealtimeEmulator:
 
     async def _run_response(self, conn: _Connection, active: _Active) -> None:
         record = active.record
-        fault = record.fault
+        fault = _effective(record.fault, self.plan.reply)
         reply = fault if isinstance(fault, Reply) else self.plan.reply
         record.response_id = _new_id("resp")
         record.status = "in_progress"
@@ -955,7 +1045,7 @@ class RealtimeEmulator:
         conn: _Connection,
         active: _Active,
         *,
-        status: Literal["completed", "failed", "cancelled"],
+        status: Literal["completed", "failed", "incomplete", "cancelled"],
         status_details: Any,
         output: list[dict[str, Any]],
         output_tokens: int = 0,
@@ -978,6 +1068,15 @@ class RealtimeEmulator:
                 ),
             }
         )
+
+    async def _drop_mid_stream(self, conn: _Connection, active: _Active) -> None:
+        """CloseMidStream: the socket closes in the middle of the response's output."""
+        record = active.record
+        record.status = "dropped"
+        record.done_at = time.monotonic()
+        if conn.active is active:
+            conn.active = None
+        await conn.close()
 
     async def _cancelled(
         self, conn: _Connection, active: _Active, output: list[dict[str, Any]]
@@ -1018,8 +1117,15 @@ class RealtimeEmulator:
         self, conn: _Connection, active: _Active, reply: Reply, output: list[dict[str, Any]]
     ) -> None:
         record = active.record
-        fault = record.fault
-        fail_after = fault.after_audio_deltas if isinstance(fault, FailResponse) else None
+        fault = _effective(record.fault, self.plan.reply)
+        # the response is cut after `cut_after` deltas: failed, incomplete or dropped
+        cut_after: int | None = None
+        if isinstance(fault, (FailResponse, CloseMidStream)):
+            cut_after = fault.after_audio_deltas
+        elif isinstance(fault, Incomplete):
+            cut_after = fault.after_audio_deltas
+            if cut_after is not None and cut_after >= reply.audio_deltas:
+                cut_after = None  # the full reply, then the incomplete end
         item_id = _new_id("item")
         record.item_ids.append(item_id)
         item: dict[str, Any] = {
@@ -1053,7 +1159,12 @@ class RealtimeEmulator:
         pieces = _split_text(reply.transcript, reply.audio_deltas)
         transcript = ""
         cancelled = False
+        if isinstance(fault, CloseMidStream) and fault.after_audio_deltas <= 0:
+            await self._drop_mid_stream(conn, active)
+            return
         for i in range(reply.audio_deltas):
+            if cut_after is not None and isinstance(fault, Incomplete) and i >= cut_after:
+                break
             if await self._pause(active, reply.delta_interval):
                 cancelled = True
                 break
@@ -1075,16 +1186,20 @@ class RealtimeEmulator:
                 }
             )
             record.audio_deltas += 1
-            if fail_after is not None and record.audio_deltas >= fail_after:
-                assert isinstance(fault, FailResponse)
-                item = {**item, "status": "incomplete"}
-                item["content"] = [{"type": "output_audio", "transcript": transcript}]
-                await self._fail(conn, active, fault, [item])
-                return
+            if cut_after is not None and record.audio_deltas >= cut_after:
+                if isinstance(fault, FailResponse):
+                    item = {**item, "status": "incomplete"}
+                    item["content"] = [{"type": "output_audio", "transcript": transcript}]
+                    await self._fail(conn, active, fault, [item])
+                    return
+                if isinstance(fault, CloseMidStream):
+                    await self._drop_mid_stream(conn, active)
+                    return
 
+        incomplete = isinstance(fault, Incomplete)
         done_item = {
             **item,
-            "status": "incomplete" if cancelled else "completed",
+            "status": "incomplete" if cancelled or incomplete else "completed",
             "content": [{"type": "output_audio", "transcript": transcript}],
         }
         if not cancelled:
@@ -1109,6 +1224,16 @@ class RealtimeEmulator:
         output.append(done_item)
         if cancelled:
             await self._cancelled(conn, active, output)
+        elif isinstance(fault, Incomplete):
+            details = {"type": "incomplete", "reason": fault.reason}
+            await self._finish(
+                conn,
+                active,
+                status="incomplete",
+                status_details=details,
+                output=output,
+                output_tokens=10 * record.audio_deltas,
+            )
         else:
             await self._finish(
                 conn,
