@@ -216,6 +216,9 @@ class SessionHarness:
         guard: an installed ExceptionGuard to use (default: the harness installs its own).
         api_key: the key the model sends (default: the emulator's).
         playout_speed: the audio sink's playout speed (None: instant; 1.0: real time).
+        fallback: a second started emulator: the session's LLM is then a
+            ``RealtimeModelFallbackAdapter([model on emu, model on fallback])`` (``h.model``
+            stays the primary, ``h.fallback_model`` is the secondary).
     """
 
     def __init__(
@@ -232,8 +235,10 @@ class SessionHarness:
         guard: ExceptionGuard | None = None,
         api_key: str | None = None,
         playout_speed: float | None = None,
+        fallback: RealtimeEmulator | None = None,
     ) -> None:
         self.emu = emu
+        self.fallback = fallback
         self.conn_options = APIConnectOptions(
             max_retry=max_retry, retry_interval=retry_interval, timeout=timeout
         )
@@ -253,6 +258,7 @@ class SessionHarness:
         self.text = RecordingTextOutput()
         self._http: aiohttp.ClientSession | None = None
         self._model: openai.realtime.RealtimeModel | None = None
+        self.fallback_model: openai.realtime.RealtimeModel | None = None
         self._session: AgentSession | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -268,8 +274,18 @@ class SessionHarness:
             http_session=self._http,
             **self._model_kwargs,
         )
+        session_llm: llm.RealtimeModel = self._model
+        if self.fallback is not None:
+            self.fallback_model = openai.realtime.RealtimeModel(
+                base_url=self.fallback.http_url,
+                api_key=self._api_key,
+                conn_options=self.conn_options,
+                http_session=self._http,
+                **self._model_kwargs,
+            )
+            session_llm = llm.RealtimeModelFallbackAdapter([self._model, self.fallback_model])
         self._session = AgentSession(
-            llm=self._model,
+            llm=session_llm,
             conn_options=SessionConnectOptions(
                 llm_conn_options=self.conn_options,
                 max_unrecoverable_errors=self._max_unrecoverable_errors,
