@@ -8,6 +8,11 @@ example is printed as drawn; ``make chaos`` shrinks). Patched build only: this i
 regression test (``--pristine`` does not collect it).
 
 ``EXPLORATION_EXAMPLES`` (environment) overrides the per-family budget, e.g. for a local run.
+
+``FINDINGS`` are the failures the exploration found, each as its shrunk example, checked
+against every invariant. Those that the current series still fails (issue 8's defects, and
+one upstream race) are ``xfail(strict=False)`` with the invariant and the defect named; so are
+the families whose derandomized draw meets one of them. Remove a mark once its fix lands.
 """
 
 from __future__ import annotations
@@ -18,11 +23,19 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from . import exploration
-from .exploration import Example
+from .exploration import Example, GenerateReply, Step, VadTurn
+from .realtime_emulator import (
+    AcceptThenClose,
+    FailResponse,
+    FaultPlan,
+    Incomplete,
+    RejectCreate,
+    RejectUpgrade,
+)
 
 pytestmark = [pytest.mark.unit, pytest.mark.exploration]
 
-BUDGET = {"turns": 14, "connections": 12, "shutdown": 10, "fallback": 10}
+BUDGET = {"turns": 16, "connections": 16, "shutdown": 12, "fallback": 12}
 """examples per family in CI (about 1 s each on 2 cores)"""
 
 
@@ -52,6 +65,13 @@ def _check(ex: Example) -> None:
     )
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="single_create_in_flight + recoverable_flag_per_contract: generate_reply right after "
+    "a server-VAD turn overlaps the server's response (upstream race, finding vad_turn_race); "
+    "other draws meet issue 8's 'incomplete response fails the turn' and the non-retryable "
+    "rejection without a recoverable=False error (findings incomplete_*, rejected_invalid_value)",
+)
 @_ci_settings("turns")
 @given(ex=exploration.examples("turns"))
 def test_explore_turns(ex: Example) -> None:
@@ -64,13 +84,110 @@ def test_explore_connections(ex: Example) -> None:
     _check(ex)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="no_api_key_leak: issue 8 'credentials are kept on the error' (the upgrade's "
+    "WSServerHandshakeError, request_info.headers with the key, as __cause__ of the recorded "
+    "error; finding upgrade_401_key_on_error)",
+)
 @_ci_settings("shutdown")
 @given(ex=exploration.examples("shutdown"))
 def test_explore_shutdown(ex: Example) -> None:
     _check(ex)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="one_error_per_cause: issue 8 point 3 'a connection fault that also fails a pending "
+    "reply is one error' (APIConnectionError + RealtimeError for one close; finding "
+    "drop_with_pending_reply_two_errors)",
+)
 @_ci_settings("fallback")
 @given(ex=exploration.examples("fallback"))
 def test_explore_fallback(ex: Example) -> None:
     _check(ex)
+
+
+# ---------------------------------------------------------------------------------------------
+# what the exploration found: shrunk examples, each checked against every invariant
+# ---------------------------------------------------------------------------------------------
+
+_REPLY = (Step(GenerateReply()),)
+
+FINDINGS: dict[str, tuple[Example, str | None]] = {
+    "incomplete_max_output_tokens": (
+        Example(max_retry=1, plan=FaultPlan(responses={1: Incomplete()}), steps=_REPLY),
+        "one_error_per_cause + recoverable_flag_per_contract: issue 8 'an incomplete response "
+        "fails the turn' (RealtimeError('response incomplete: max_output_tokens'))",
+    ),
+    "incomplete_content_filter_after_2_deltas": (
+        Example(
+            max_retry=3,
+            plan=FaultPlan(responses={1: Incomplete("content_filter", after_audio_deltas=2)}),
+            steps=_REPLY,
+        ),
+        "one_error_per_cause + recoverable_flag_per_contract: issue 8 'an incomplete response "
+        "fails the turn'",
+    ),
+    "upgrade_401_key_on_error": (
+        Example(max_retry=0, plan=FaultPlan(connections={1: RejectUpgrade(401)}), steps=_REPLY),
+        "no_api_key_leak: issue 8 'credentials are kept on the error' (WSServerHandshakeError "
+        "as __cause__ of the recorded APIStatusError)",
+    ),
+    "drop_with_pending_reply_two_errors": (
+        Example(max_retry=1, plan=FaultPlan(connections={1: AcceptThenClose()}), steps=_REPLY),
+        "one_error_per_cause: issue 8 point 3 'a connection fault that also fails a pending "
+        "reply is one error' (APIConnectionError + RealtimeError, both recoverable=True)",
+    ),
+    "rejected_invalid_value_no_terminal_error": (
+        Example(
+            max_retry=0,
+            plan=FaultPlan(responses={1: RejectCreate(code="invalid_value")}),
+            steps=_REPLY,
+        ),
+        "recoverable_flag_per_contract: issue 8 contract 2 (the turn gives up on a "
+        "non-retryable rejection: one recoverable=False expected, got recoverable=True and "
+        "no retry; pristine does the same)",
+    ),
+    "fatal_after_audio_kept_as_complete": (
+        Example(
+            max_retry=0,
+            plan=FaultPlan(
+                responses={1: FailResponse(code="insufficient_quota", after_audio_deltas=2)}
+            ),
+            steps=_REPLY,
+        ),
+        "history_agrees_with_server: the item of a response that failed (fatal code) after "
+        "2 audio deltas stays in history not marked interrupted (pristine does the same)",
+    ),
+    "vad_turn_race": (
+        Example(
+            max_retry=3,
+            plan=FaultPlan(),
+            steps=(
+                Step(GenerateReply(), gap=0.03),
+                Step(GenerateReply(tool_choice="required"), gap=0.15),
+                Step(VadTurn(), gap=0.0),
+                Step(GenerateReply(instructions="greet the user"), gap=0.15),
+            ),
+        ),
+        "single_create_in_flight + recoverable_flag_per_contract: a generate_reply right after "
+        "a server-VAD turn sends response.create while the server's response is active; the "
+        "speech fails with conversation_already_has_active_response and no error event "
+        "(upstream race, pristine does the same)",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            name,
+            marks=[pytest.mark.xfail(strict=False, reason=reason)] if reason else [],
+        )
+        for name, (_, reason) in FINDINGS.items()
+    ],
+)
+def test_finding(name: str) -> None:
+    _check(FINDINGS[name][0])
