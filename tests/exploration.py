@@ -657,6 +657,24 @@ def api_key_leaks(obs: Observation) -> list[str]:
     return out
 
 
+def _deleted_for_good(emus: list[RealtimeEmulator]) -> set[str]:
+    """Item ids whose last client operation was a ``conversation.item.delete`` that the server
+    carried out (an id deleted, then created again, e.g. on a new connection, is not)."""
+    last: dict[str, str] = {}
+    for emu in emus:
+        deleted = set(emu.deleted_items)
+        for e in emu.events:
+            if e.type == "conversation.item.create":
+                item_id = (e.data.get("item") or {}).get("id")
+                if item_id:
+                    last[item_id] = "create"
+            elif e.type == "conversation.item.delete":
+                item_id = e.data.get("item_id")
+                if item_id in deleted:
+                    last[item_id] = "delete"
+    return {i for i, op in last.items() if op == "delete"}
+
+
 def _has_step(ex: Example, kind: type) -> bool:
     return any(isinstance(s.action, kind) for s in ex.steps)
 
@@ -700,7 +718,7 @@ def check(ex: Example, obs: Observation) -> list[Violation]:
         if r.status in _FAILED_RESPONSE
         for item_id in r.item_ids
     }
-    deleted = {i for emu in emus for i in emu.deleted_items}
+    deleted = _deleted_for_good(emus)
     for item in obs.history:
         if not isinstance(item, llm.ChatMessage) or item.role != "assistant":
             continue

@@ -23,7 +23,15 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from . import exploration
-from .exploration import Example, GenerateReply, Step, VadTurn
+from .exploration import (
+    DropConnection,
+    Example,
+    GenerateReply,
+    Interrupt,
+    Step,
+    UpdateChatCtx,
+    VadTurn,
+)
 from .realtime_emulator import (
     AcceptThenClose,
     FailResponse,
@@ -162,19 +170,49 @@ FINDINGS: dict[str, tuple[Example, str | None]] = {
     ),
     "vad_turn_race": (
         Example(
-            max_retry=3,
+            max_retry=0,
             plan=FaultPlan(),
             steps=(
-                Step(GenerateReply(), gap=0.03),
-                Step(GenerateReply(tool_choice="required"), gap=0.15),
+                Step(VadTurn()),
                 Step(VadTurn(), gap=0.0),
-                Step(GenerateReply(instructions="greet the user"), gap=0.15),
+                Step(GenerateReply()),
             ),
         ),
         "single_create_in_flight + recoverable_flag_per_contract: a generate_reply right after "
         "a server-VAD turn sends response.create while the server's response is active; the "
-        "speech fails with conversation_already_has_active_response and no error event "
-        "(upstream race, pristine does the same)",
+        "speech fails with conversation_already_has_active_response and no recoverable=False "
+        "error (upstream race, pristine does the same)",
+    ),
+    "vad_turn_race_deleted_item_kept": (
+        Example(
+            max_retry=0,
+            plan=FaultPlan(connections={3: AcceptThenClose()}),
+            steps=(
+                Step(Interrupt(), gap=0.03),
+                Step(VadTurn(), gap=0.0),
+                Step(GenerateReply()),
+                Step(VadTurn()),
+            ),
+        ),
+        "single_create_in_flight + history_agrees_with_server (racy: about 1 run in 3): the same "
+        "race, and an item the client deleted on the server stays in the local history "
+        "(pristine does the same)",
+    ),
+    "update_chat_ctx_cancelled_never_retrieved": (
+        Example(
+            max_retry=0,
+            plan=FaultPlan(),
+            steps=(
+                Step(GenerateReply(), gap=0.0),
+                Step(Interrupt()),
+                Step(DropConnection(), gap=0.0),
+                Step(UpdateChatCtx()),
+            ),
+        ),
+        "no_unhandled_exception: update_chat_ctx after the connection dropped waits for the "
+        "server's acks (asyncio.wait_for(gather(...), 5.0)); cancelled by the caller's 3 s "
+        "bound it leaves '_GatheringFuture exception was never retrieved' (pristine does the "
+        "same)",
     ),
 }
 
