@@ -25,6 +25,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -145,15 +146,23 @@ def write_report(state: Explorer, args: argparse.Namespace, out: Path, elapsed: 
     }
     (out / "results").mkdir(parents=True, exist_ok=True)
     raw_path.write_text(json.dumps(raw, indent=1) + "\n")
+    render(raw, out, raw_path)
 
+
+def render(raw: dict[str, Any], out: Path, raw_path: Path) -> None:
+    """Write ``out/CHAOS.md`` from a run's raw JSON."""
+    params = raw["params"]
+    failures = raw["failures"]
+    counts = {f["invariant"]: f["examples_violating"] for f in failures}
     lines = [
         "# Chaos: randomized fault exploration",
         "",
-        f"Build `{__version__}`, {raw['date']}, Python {raw['machine']['python']}. "
-        f"`make chaos CHAOS_MINUTES={args.minutes:g}` (family `{args.family}`, seed {args.seed}): "
-        f"{elapsed / 60:.1f} min, **{state.examples} examples**, "
-        f"{state.checks} invariant checks ({len(INVARIANTS)} invariants per example), "
-        f"{state.violating_examples} examples violated at least one. "
+        f"Build `{raw['build']}`, {raw['date']}, Python {raw['machine']['python']}. "
+        f"`make chaos CHAOS_MINUTES={params['minutes']:g}` (family `{params['family']}`, "
+        f"seed {params['seed']}): {raw['elapsed_s'] / 60:.1f} min, "
+        f"**{raw['examples']} examples**, {raw['invariant_checks']} invariant checks "
+        f"({len(raw['invariants'])} invariants per example), "
+        f"{raw['violating_examples']} examples violated at least one. "
         f"Raw: `{_rel(raw_path)}`.",
         "",
         "Examples are drawn by `tests/exploration.py` (`examples('all')`): session variants "
@@ -165,9 +174,9 @@ def write_report(state: Explorer, args: argparse.Namespace, out: Path, elapsed: 
         "| invariant | examples violating | reproduction |",
         "| --- | --- | --- |",
     ]
-    for name in INVARIANTS:
-        if name in state.smallest:
-            lines.append(f"| `{name}` | {state.counts[name]} | [below](#{name}) |")
+    for name in raw["invariants"]:
+        if name in counts:
+            lines.append(f"| `{name}` | {counts[name]} | [below](#{name}) |")
         else:
             lines.append(f"| `{name}` | 0 | held |")
     for f in failures:
@@ -186,6 +195,22 @@ def write_report(state: Explorer, args: argparse.Namespace, out: Path, elapsed: 
             "",
             *[f"- {v}" for v in f["violations"]],
         ]
+    from tests.test_exploration import FINDINGS
+
+    lines += [
+        "",
+        "## Named findings",
+        "",
+        "Each failure found so far is a named test, `tests/test_exploration.py::test_finding`, "
+        "with its shrunk example; the reason says which invariant it breaks and where the fix "
+        "belongs (an issue-8 defect of the series, or upstream behaviour that pristine shares).",
+        "",
+        "| finding | status in CI | reason |",
+        "| --- | --- | --- |",
+    ]
+    for name, (_, reason) in FINDINGS.items():
+        status = "xfail (strict=False)" if reason else "passes"
+        lines.append(f"| `{name}` | {status} | {reason or ''} |")
     (out / "CHAOS.md").write_text("\n".join(lines) + "\n")
 
 
@@ -199,7 +224,11 @@ def main() -> int:
     )
     parser.add_argument("--family", default="all", choices=["all", *exploration.FAMILIES])
     parser.add_argument("--out", type=Path, default=ROOT / "bench")
+    parser.add_argument("--report-only", type=Path, help="rewrite CHAOS.md from a raw JSON")
     args = parser.parse_args()
+    if args.report_only is not None:
+        render(json.loads(args.report_only.read_text()), args.out, args.report_only)
+        return 0
 
     # the engine logs every failure; the report reads the invariants, not the logs
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)

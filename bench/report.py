@@ -144,6 +144,19 @@ def _profile_diff(results: dict[str, Any], top: int = 12) -> list[dict[str, Any]
     return rows[:top]
 
 
+def _profile_new(results: dict[str, Any], top: int = 10) -> list[dict[str, Any]]:
+    """Patched-only functions (by file and name), by cumulative time per turn."""
+    names = {r["function"].rsplit(":", 1)[0] + r["function"].rsplit("(", 1)[1]
+             for r in results["profile"]["pristine"]["functions"]}  # fmt: skip
+    rows = [
+        r
+        for r in results["profile"]["patched"]["functions"]
+        if r["function"].rsplit(":", 1)[0] + r["function"].rsplit("(", 1)[1] not in names
+    ]
+    rows.sort(key=lambda r: -r["cum_ms_per_turn"])
+    return rows[:top]
+
+
 def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -180,6 +193,7 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
         f"Date: {m['date']}. Run time: {results['elapsed_s']:.0f} s. Raw figures: `{raw_path}`.",
         f"Builds: pristine `{results['versions']['pristine']}`, patched "
         f"`{results['versions']['patched']}`. Regenerate with `make bench`.",
+        *(["", f"Note: {results['remeasured']}."] if results.get("remeasured") else []),
         "",
         "## Headline",
         "",
@@ -387,7 +401,7 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
         lines += [
             "",
             f"### Profile of the happy turn ({results['profile']['patched']['turns']} turns, "
-            "cProfile, cyclic GC paused, per turn)",
+            "cProfile on CPU time, cyclic GC paused, per turn)",
             "",
             f"Own time in livekit code per turn (cProfile-inflated): pristine "
             f"{tot['pristine']:.2f} ms, patched {tot['patched']:.2f} ms. The functions whose "
@@ -416,6 +430,28 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
                     ]
                 )
             )
+
+        new_rows = _profile_new(results)
+        if new_rows:
+            lines += [
+                "",
+                "Functions that only the patched build has, by cumulative time per turn "
+                "(among the 400 with the most own time):",
+                "",
+                _row(["function", "cum ms/turn", "own ms/turn", "calls/turn"]),
+                _row(["---"] * 4),
+            ]
+            for r in new_rows:
+                lines.append(
+                    _row(
+                        [
+                            f"`{r['function']}`",
+                            f"{r['cum_ms_per_turn']:.3f}",
+                            f"{r['own_ms_per_turn']:.3f}",
+                            f"{r['calls_per_turn']:.1f}",
+                        ]
+                    )
+                )
 
     soak = results.get("soak")
     if soak is not None:

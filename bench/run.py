@@ -130,7 +130,7 @@ def main() -> int:
     parser.add_argument("--recovery-samples", type=int, default=60)
     parser.add_argument("--pairs", type=int, default=30, help="A/B pairs for the happy path")
     parser.add_argument("--pair-turns", type=int, default=40, help="turns per happy-path run")
-    parser.add_argument("--profile-turns", type=int, default=60, help="cProfile'd happy turns")
+    parser.add_argument("--profile-turns", type=int, default=200, help="cProfile'd happy turns")
     parser.add_argument("--soak-sessions", type=int, default=20, help="concurrent sessions")
     parser.add_argument("--soak-turns", type=int, default=25, help="turns per soak session")
     parser.add_argument("--storm-window", type=float, default=5.0)
