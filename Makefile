@@ -11,10 +11,13 @@ PRISTINE_VENV := .venv-pristine
 SDISTS        := .cache/sdist/$(LINE)
 PYTEST_ARGS   ?=
 BENCH_ARGS    ?=
+CHAOS_MINUTES ?= 15
+CHAOS_ARGS    ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help fetch apply apply-pristine export check-export check-series wheels venv \
-        venv-pristine lint typecheck pytest pristine-check review-check upstream-suite test bench clean distclean
+        venv-pristine lint typecheck pytest pristine-check review-check upstream-suite test bench chaos \
+        clean distclean
 
 help: ## list the targets
 	@echo "rtretry patch set on livekit-agents (LINE=$(LINE); other lines: LINE=<version>)"
@@ -114,10 +117,13 @@ endif
 
 test: lint typecheck pristine-check review-check check-export pytest upstream-suite ## all that CI runs; builds and installs what it needs
 
-bench: venv venv-pristine ## pristine vs patched bench; writes bench/REPORT.md and bench/results/
+bench: venv venv-pristine ## pristine vs patched bench + soak; writes bench/REPORT.md and bench/results/
 	$(VENV)/bin/pip install -q -r requirements/bench.txt
 	$(VENV)/bin/python bench/run.py --line $(LINE) --patched $(VENV)/bin/python \
 	  --pristine $(PRISTINE_VENV)/bin/python $(BENCH_ARGS)
+
+chaos: venv ## long randomized fault exploration (CHAOS_MINUTES=15); writes bench/CHAOS.md
+	$(VENV)/bin/python bench/chaos.py --minutes $(CHAOS_MINUTES) $(CHAOS_ARGS)
 
 clean: ## remove build outputs and the generated upstream tree (keeps downloaded sdists)
 	rm -rf build dist .pq livekit-agents livekit-plugins

@@ -9,13 +9,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 GOALS = {
     "success_p03": "patched >= 99 %, pristine ~ 70 %",
     "recovery_p50": "<= 20 ms beyond the backoff",
-    "cpu_ratio": "<= 1.02",
+    "cpu_ratio": "<= 1.02 (upper end of the 95 % interval)",
     "attempts": "= max_retry + 1",
-    "memory": "<= 1 KiB per cycle patched (pristine ~ 23 KB)",
+    "memory": "<= 256 B per cycle patched, outside the session record",
+    "soak": "0 invariant violations",
 }
 
 
@@ -52,12 +54,26 @@ def _plot_success(results: dict[str, Any], path: Path) -> None:
 
 def _plot_memory(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for build, style in (("pristine", "-"), ("patched", "-")):
+    for build, color in (("pristine", "tab:blue"), ("patched", "tab:orange")):
         mem = results["memory"][build]
-        ax.plot(mem["cycles"], [b / 1024 for b in mem["retained_bytes"]], style, label=build)
+        ax.plot(
+            mem["cycles"],
+            [b / 1024 for b in mem["retained_bytes"]],
+            "-",
+            color=color,
+            label=f"{build}: outside the session record",
+        )
+        if "record_bytes" in mem:
+            ax.plot(
+                mem["cycles"],
+                [b / 1024 for b in mem["record_bytes"]],
+                "--",
+                color=color,
+                label=f"{build}: session record (_recorded_events)",
+            )
     ax.set(
         xlabel="reconnect cycle",
-        ylabel="retained memory since cycle 0 (KiB, tracemalloc)",
+        ylabel="retained since cycle 0 (KiB, tracemalloc)",
         title="Memory retained across reconnect cycles",
     )
     ax.grid(alpha=0.3)
@@ -65,6 +81,80 @@ def _plot_memory(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_latency(results: dict[str, Any], path: Path) -> None:
+    soak = results["soak"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    data = [[v * 1000 for v in soak[b]["latency_s"]] for b in ("pristine", "patched")]
+    ax.boxplot(data, whis=(1, 99), showfliers=True, flierprops={"markersize": 2})
+    ax.set_xticks([1, 2], ["pristine", "patched"])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    s = soak["patched"]
+    ax.set(
+        ylabel="turn latency (ms, log scale)",
+        title=f"Soak: {s['sessions']} concurrent sessions x {s['turns_per_session']} turns\n"
+        "box: p25-p75, line: median, whiskers: p1-p99",
+    )
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * q // 100) - 1))]
+
+
+def _profile_diff(results: dict[str, Any], top: int = 12) -> list[dict[str, Any]]:
+    """Functions whose own time per turn is higher on patched, keyed by file and name."""
+
+    def by_key(build: str) -> dict[str, dict[str, float]]:
+        acc: dict[str, dict[str, float]] = {}
+        for r in results["profile"][build]["functions"]:
+            file_line, name = r["function"].rsplit("(", 1)
+            key = f"{file_line.rsplit(':', 1)[0]} ({name}"
+            a = acc.setdefault(key, {"own": 0.0, "cum": 0.0, "calls": 0.0})
+            a["own"] += r["own_ms_per_turn"]
+            a["cum"] += r["cum_ms_per_turn"]
+            a["calls"] += r["calls_per_turn"]
+        return acc
+
+    pr, pa = by_key("pristine"), by_key("patched")
+    rows = []
+    for key, a in pa.items():
+        b = pr.get(key, {"own": 0.0, "cum": 0.0, "calls": 0.0})
+        rows.append(
+            {
+                "function": key,
+                "own_patched": a["own"],
+                "own_pristine": b["own"],
+                "delta_own": a["own"] - b["own"],
+                "cum_patched": a["cum"],
+                "calls_patched": a["calls"],
+                "calls_pristine": b["calls"],
+                "new": key not in pr,
+            }
+        )
+    rows.sort(key=lambda r: -r["delta_own"])
+    return rows[:top]
+
+
+def _profile_new(results: dict[str, Any], top: int = 10) -> list[dict[str, Any]]:
+    """Patched-only functions (by file and name), by cumulative time per turn."""
+    names = {r["function"].rsplit(":", 1)[0] + r["function"].rsplit("(", 1)[1]
+             for r in results["profile"]["pristine"]["functions"]}  # fmt: skip
+    rows = [
+        r
+        for r in results["profile"]["patched"]["functions"]
+        if r["function"].rsplit(":", 1)[0] + r["function"].rsplit("(", 1)[1] not in names
+    ]
+    rows.sort(key=lambda r: -r["cum_ms_per_turn"])
+    return rows[:top]
 
 
 def _row(cells: list[Any]) -> str:
@@ -75,6 +165,8 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
     """Write REPORT.md and the plots next to it."""
     _plot_success(results, out / "success_rate.png")
     _plot_memory(results, out / "memory_per_cycle.png")
+    if "soak" in results:
+        _plot_latency(results, out / "soak_latency.png")
 
     m = results["machine"]
     mr = results["params"]["max_retry"]
@@ -101,6 +193,7 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
         f"Date: {m['date']}. Run time: {results['elapsed_s']:.0f} s. Raw figures: `{raw_path}`.",
         f"Builds: pristine `{results['versions']['pristine']}`, patched "
         f"`{results['versions']['patched']}`. Regenerate with `make bench`.",
+        *(["", f"Note: {results['remeasured']}."] if results.get("remeasured") else []),
         "",
         "## Headline",
         "",
@@ -133,14 +226,16 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
         )  # fmt: skip
     )
     cpu = happy["cpu_ratio_median"]
+    cpu_lo, cpu_hi = happy.get("cpu_ratio_ci95", [cpu, cpu])
     lines.append(
         _row(
             [
-                "happy-path CPU per turn, patched/pristine (median of pairs)",
+                f"happy-path CPU per turn, patched/pristine (median of {len(happy['pairs'])} "
+                "pairs, bootstrap 95 % interval)",
                 "1",
-                f"{cpu:.3f}",
+                f"{cpu:.3f} [{cpu_lo:.3f}, {cpu_hi:.3f}]",
                 GOALS["cpu_ratio"],
-                "yes" if cpu <= 1.02 else "**no**",
+                "yes" if cpu_hi <= 1.02 else ("undecided" if cpu_lo <= 1.02 else "**no**"),
             ]
         )  # fmt: skip
     )
@@ -159,33 +254,64 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
                 ]
             )  # fmt: skip
         )
+    other = mem["patched"]["bytes_per_cycle"]
     lines.append(
         _row(
             [
-                "memory retained per reconnect cycle",
+                "memory retained per reconnect cycle, outside the session record",
                 f"{mem['pristine']['bytes_per_cycle']:.0f} B",
-                f"{mem['patched']['bytes_per_cycle']:.0f} B",
+                f"{other:.0f} B",
                 GOALS["memory"],
-                "yes" if mem["patched"]["bytes_per_cycle"] <= 1024 else "**no**",
+                "yes" if other <= 256 else "**no**",
             ]
         )  # fmt: skip
     )
+    if "record_bytes_per_cycle" in mem["patched"]:
+        heavy = mem["patched"]["record_heavy_refs"]
+        lines.append(
+            _row(
+                [
+                    "session record growth per reconnect cycle (tracebacks/frames/sockets in it)",
+                    f"{mem['pristine']['record_bytes_per_cycle']:.0f} B "
+                    f"({', '.join(mem['pristine']['record_heavy_refs']) or 'none'})",
+                    f"{mem['patched']['record_bytes_per_cycle']:.0f} B "
+                    f"({', '.join(heavy) or 'none'})",
+                    "reported; no traceback, frame or socket",
+                    "yes" if not heavy else "**no**",
+                ]
+            )  # fmt: skip
+        )
+    soak = results.get("soak")
+    if soak is not None:
+        viol = len(soak["patched"]["violations"])
+        lines.append(
+            _row(
+                [
+                    "soak invariant violations",
+                    str(len(soak["pristine"]["violations"])),
+                    str(viol),
+                    GOALS["soak"],
+                    "yes" if viol == 0 else "**no**",
+                ]
+            )  # fmt: skip
+        )
 
     missed = []
-    if cpu > 1.02:
+    if cpu_hi > 1.02:
         missed.append(
-            f"- Happy-path CPU ratio {cpu:.3f} > 1.02. The patched turn does more per response: "
-            "it awaits the generation's `outcome` future and keeps per-attempt spans; the "
-            "per-turn medians differ by about 1 % while single pairs vary by several percent "
-            "on this 2-core machine, so more pairs (`--pairs`) narrow the figure. Not yet "
-            "profiled down to the goal."
+            f"- Happy-path CPU ratio {cpu:.3f}, 95 % interval [{cpu_lo:.3f}, {cpu_hi:.3f}]: "
+            "the upper end is above 1.02"
+            + (", so the goal is not shown to be met" if cpu_lo <= 1.02 else ", missed")
+            + ". See the profile below for what the patched turn does more."
         )
-    if mem["patched"]["bytes_per_cycle"] > 1024:
+    if other > 256:
         missed.append(
-            f"- Memory {mem['patched']['bytes_per_cycle']:.0f} B per reconnect cycle > 1 KiB. "
-            "The error events no longer pin tracebacks (pristine ~22 KB); what is left is the "
-            "per-connection `metrics_collected` (connection acquire) and usage events that "
-            "`AgentSession` keeps for its session report by design, the same on both builds."
+            f"- Memory outside the session record: {other:.0f} B per reconnect cycle > 256 B."
+        )
+    if soak is not None and soak["patched"]["violations"]:
+        missed.append(
+            f"- Soak: {len(soak['patched']['violations'])} invariant violations on patched "
+            "(listed in the soak section)."
         )
     if missed:
         lines += ["", "Goals missed on this run:", "", *missed]
@@ -228,7 +354,8 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
         "",
         "## Happy-path cost (p = 0)",
         "",
-        f"{len(happy['pairs'])} pairs of runs in alternation (pristine, patched, pristine, ...), "
+        f"{len(happy['pairs'])} pairs of runs in alternation (pristine first in even pairs, "
+        "patched first in odd ones; one warm worker process per build), "
         f"{results['params']['pair_turns']} turns each; ratios are medians over pairs.",
         "",
         _row(["figure", "pristine", "patched", "ratio"]),
@@ -253,6 +380,129 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
             ]
         )  # fmt: skip
     )
+
+    if "cpu_ratio_ci95" in happy:
+        lo, hi = happy["cpu_ratio_ci95"]
+        wlo, whi = happy["wall_ratio_ci95"]
+        lines += [
+            "",
+            f"Per-pair ratio patched/pristine: CPU median {happy['cpu_ratio_median']:.3f}, "
+            f"95 % bootstrap interval [{lo:.3f}, {hi:.3f}] (10000 resamples of the pairs); "
+            f"wall median {happy['wall_ratio_median']:.3f} [{wlo:.3f}, {whi:.3f}]. The goal "
+            "(<= 1.02) is met only if the whole interval is at or below it.",
+        ]
+
+    if "profile" in results:
+        rows = _profile_diff(results)
+        tot = {
+            b: sum(r["own_ms_per_turn"] for r in results["profile"][b]["functions"])
+            for b in ("pristine", "patched")
+        }
+        lines += [
+            "",
+            f"### Profile of the happy turn ({results['profile']['patched']['turns']} turns, "
+            "cProfile on CPU time, cyclic GC paused, per turn)",
+            "",
+            f"Own time in livekit code per turn (cProfile-inflated): pristine "
+            f"{tot['pristine']:.2f} ms, patched {tot['patched']:.2f} ms. The functions whose "
+            "own time grew most on patched (by file and name; line numbers differ):",
+            "",
+            _row(
+                [
+                    "function",
+                    "own ms/turn pristine",
+                    "own ms/turn patched",
+                    "delta",
+                    "calls/turn pristine -> patched",
+                ]
+            ),  # fmt: skip
+            _row(["---"] * 5),
+        ]
+        for r in rows:
+            lines.append(
+                _row(
+                    [
+                        f"`{r['function']}`" + (" (new)" if r["new"] else ""),
+                        f"{r['own_pristine']:.3f}",
+                        f"{r['own_patched']:.3f}",
+                        f"{r['delta_own']:+.3f}",
+                        f"{r['calls_pristine']:.1f} -> {r['calls_patched']:.1f}",
+                    ]
+                )
+            )
+
+        new_rows = _profile_new(results)
+        if new_rows:
+            lines += [
+                "",
+                "Functions that only the patched build has, by cumulative time per turn "
+                "(among the 400 with the most own time):",
+                "",
+                _row(["function", "cum ms/turn", "own ms/turn", "calls/turn"]),
+                _row(["---"] * 4),
+            ]
+            for r in new_rows:
+                lines.append(
+                    _row(
+                        [
+                            f"`{r['function']}`",
+                            f"{r['cum_ms_per_turn']:.3f}",
+                            f"{r['own_ms_per_turn']:.3f}",
+                            f"{r['calls_per_turn']:.1f}",
+                        ]
+                    )
+                )
+
+    soak = results.get("soak")
+    if soak is not None:
+        lines += [
+            "",
+            "## Soak under concurrency",
+            "",
+            f"{soak['patched']['sessions']} concurrent sessions in one process, "
+            f"{soak['patched']['turns_per_session']} turns each (`generate_reply`, instant "
+            "playout), one emulator per session, seeded faults at a realistic mix (about 1 "
+            "response in 10: pre-output `server_error` 4 %, rate-limited create 2 %, failure "
+            "after audio 1 %, close mid-stream 1 %, close after created, no answer, "
+            "`incomplete`, `rate_limits.updated` with remaining 0: 0.5 % each), max_retry=3. "
+            "tracemalloc runs during the whole soak (1 frame), which inflates CPU equally on "
+            "both builds.",
+            "",
+            _row(
+                [
+                    "build",
+                    "success",
+                    "latency p50 / p95 / p99",
+                    "CPU per turn",
+                    "RSS start -> end",
+                    "traced start -> end",
+                    "invariant violations",
+                ]
+            ),  # fmt: skip
+            _row(["---"] * 7),
+        ]
+        for b in ("pristine", "patched"):
+            r = soak[b]
+            lat = r["latency_s"]
+            lines.append(
+                _row(
+                    [
+                        b,
+                        f"{r['delivered']}/{r['turns']} ({r['delivered'] / r['turns'] * 100:.1f} %)",
+                        " / ".join(_fmt((_pct(lat, q) or 0) * 1000, " ms") for q in (50, 95, 99)),
+                        f"{r['cpu_s_per_turn'] * 1000:.1f} ms",
+                        f"{r['rss_start'] / 2**20:.0f} -> {r['rss_end'] / 2**20:.0f} MiB",
+                        f"{r['traced_start'] / 2**20:.1f} -> {r['traced_end'] / 2**20:.1f} MiB",
+                        str(len(r["violations"])),
+                    ]
+                )
+            )
+        for b in ("pristine", "patched"):
+            if soak[b]["violations"]:
+                shown = soak[b]["violations"][:10]
+                lines += ["", f"Violations on {b} (first {len(shown)}):", ""]
+                lines += [f"- {v}" for v in shown]
+        lines += ["", "![soak latency](soak_latency.png)"]
 
     lines += [
         "",
@@ -292,8 +542,23 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
         f"Memory across {results['params']['cycles']} reconnect cycles (tracemalloc, retained "
         "after gc, large max_retry so both builds keep reconnecting):",
         "",
-        _row(["build", "retained per cycle", "total retained"]),
-        _row(["---"] * 3),
+        "Two figures per build: what `AgentSession` keeps in its session record "
+        "(`_recorded_events`, measured by releasing the events recorded since the baseline at "
+        "each sample) and everything else retained (measured after that release). The record "
+        "is searched for tracebacks, frames, sockets and transports (gc referents, not into "
+        "the live models and sessions).",
+        "",
+        _row(
+            [
+                "build",
+                "retained per cycle, outside the record",
+                "session record per cycle",
+                "record events per cycle",
+                "tracebacks/frames/sockets in the record",
+                "total retained outside the record",
+            ]
+        ),  # fmt: skip
+        _row(["---"] * 6),
     ]
     for b in ("pristine", "patched"):
         lines.append(
@@ -301,6 +566,9 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
                 [
                     b,
                     f"{mem[b]['bytes_per_cycle']:.0f} B",
+                    f"{mem[b].get('record_bytes_per_cycle', float('nan')):.0f} B",
+                    f"{mem[b].get('record_events_per_cycle', float('nan')):.1f}",
+                    ", ".join(mem[b].get("record_heavy_refs", [])) or "none",
                     f"{mem[b]['retained_bytes'][-1] / 1024:.1f} KiB",
                 ]
             )

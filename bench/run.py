@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,34 @@ def run_worker(python: str, suite: str, **params: Any) -> Any:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+class Worker:
+    """A long-lived ``worker.py serve`` process of one build: ``call(suite, **params)``."""
+
+    def __init__(self, python: str) -> None:
+        self.python = python
+        self.proc = subprocess.Popen(
+            [python, str(BENCH / "worker.py"), "serve"],
+            cwd=ROOT,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+
+    def call(self, suite: str, **params: Any) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"suite": suite, "params": params}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {suite} died ({self.python})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95 % Wilson score interval of a binomial proportion."""
     if n == 0:
@@ -55,6 +84,16 @@ def pct(values: list[float], q: float) -> float | None:
     return ordered[idx]
 
 
+def bootstrap_median(
+    values: list[float], *, n: int = 10000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Median of ``values`` and its 95 % percentile-bootstrap interval (``n`` resamples)."""
+    rng = random.Random(seed)
+    k = len(values)
+    medians = sorted(statistics.median(rng.choices(values, k=k)) for _ in range(n))
+    return statistics.median(values), medians[int(0.025 * n)], medians[int(0.975 * n) - 1]
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -71,6 +110,14 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def _rel(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it (for the report's links)."""
+    try:
+        return path.resolve().relative_to(ROOT)
+    except ValueError:
+        return path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--line", default="1.8.9")
@@ -81,8 +128,11 @@ def main() -> int:
     parser.add_argument("--max-retry", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--recovery-samples", type=int, default=60)
-    parser.add_argument("--pairs", type=int, default=6, help="A/B pairs for the happy path")
+    parser.add_argument("--pairs", type=int, default=30, help="A/B pairs for the happy path")
     parser.add_argument("--pair-turns", type=int, default=40, help="turns per happy-path run")
+    parser.add_argument("--profile-turns", type=int, default=200, help="cProfile'd happy turns")
+    parser.add_argument("--soak-sessions", type=int, default=20, help="concurrent sessions")
+    parser.add_argument("--soak-turns", type=int, default=25, help="turns per soak session")
     parser.add_argument("--storm-window", type=float, default=5.0)
     parser.add_argument("--cycles", type=int, default=200, help="reconnect cycles for memory")
     parser.add_argument("--out", type=Path, default=BENCH)
@@ -94,7 +144,7 @@ def main() -> int:
         import report
 
         raw = args.report_only.resolve()
-        report.write(json.loads(raw.read_text()), out=args.out, raw_path=raw.relative_to(ROOT))
+        report.write(json.loads(raw.read_text()), out=args.out, raw_path=_rel(raw))
         return 0
 
     pythons = {"pristine": args.pristine, "patched": args.patched}
@@ -136,23 +186,58 @@ def main() -> int:
     log(f"recovery: {rec['to_create_ms_beyond_backoff']}")
 
     # 3. happy-path cost, paired A/B runs in alternation so drift cancels
+    # one warm worker per build, so that a pair costs its turns and not two interpreter starts
+    workers = {b: Worker(pythons[b]) for b in BUILDS}
     pairs = []
-    for i in range(args.pairs):
-        pair = {b: run_worker(pythons[b], "happy", turns=args.pair_turns) for b in BUILDS}
-        pairs.append(pair)
-        log(f"happy pair {i + 1}/{args.pairs}")
+    try:
+        for b in BUILDS:  # a first, discarded run per worker: imports, caches, first connection
+            workers[b].call("happy", turns=5)
+        for i in range(args.pairs):
+            order = BUILDS if i % 2 == 0 else BUILDS[::-1]
+            pair = {b: workers[b].call("happy", turns=args.pair_turns) for b in order}
+            pairs.append(pair)
+            if (i + 1) % 10 == 0 or i + 1 == args.pairs:
+                log(f"happy pair {i + 1}/{args.pairs}")
+    finally:
+        for w in workers.values():
+            w.close()
 
-    def ratio(metric: str) -> float:
-        return statistics.median(p["patched"][metric] / p["pristine"][metric] for p in pairs)
+    def ratios(metric: str) -> list[float]:
+        return [p["patched"][metric] / p["pristine"][metric] for p in pairs]
 
+    cpu_med, cpu_lo, cpu_hi = bootstrap_median(ratios("cpu_s_per_turn"), seed=args.seed)
+    wall_med, wall_lo, wall_hi = bootstrap_median(ratios("wall_s_per_turn"), seed=args.seed)
     results["happy"] = {
         "pairs": pairs,
-        "cpu_ratio_median": ratio("cpu_s_per_turn"),
-        "wall_ratio_median": ratio("wall_s_per_turn"),
+        "cpu_ratio_median": cpu_med,
+        "cpu_ratio_ci95": [cpu_lo, cpu_hi],
+        "wall_ratio_median": wall_med,
+        "wall_ratio_ci95": [wall_lo, wall_hi],
         "alloc_bytes_per_turn": {
             b: statistics.median(p[b]["alloc_bytes_per_turn"] for p in pairs) for b in BUILDS
         },
     }
+
+    log(f"happy CPU ratio {cpu_med:.3f} [{cpu_lo:.3f}, {cpu_hi:.3f}]")
+
+    # 3b. where the patched turn spends more: cProfile of both builds, per function per turn
+    results["profile"] = {
+        b: run_worker(pythons[b], "profile", turns=args.profile_turns) for b in BUILDS
+    }
+    log("profile done")
+
+    # 3c. soak: N concurrent sessions in one process, seeded realistic faults
+    results["soak"] = {
+        b: run_worker(
+            pythons[b],
+            "soak",
+            sessions=args.soak_sessions,
+            turns=args.soak_turns,
+            seed=args.seed,
+        )  # fmt: skip
+        for b in BUILDS
+    }
+    log("soak done")
 
     # 4. reconnect storm under permanent failure, and memory per reconnect cycle
     results["storm"] = {
@@ -175,8 +260,8 @@ def main() -> int:
     sys.path.insert(0, str(BENCH))
     import report
 
-    report.write(results, out=args.out, raw_path=raw.relative_to(ROOT))
-    log(f"wrote {raw.relative_to(ROOT)}, bench/REPORT.md and plots")
+    report.write(results, out=args.out, raw_path=_rel(raw))
+    log(f"wrote {_rel(raw)}, REPORT.md and plots in {_rel(args.out)}")
     return 0
 
 

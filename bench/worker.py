@@ -26,12 +26,20 @@ from livekit.agents import __version__  # noqa: E402
 from tests.harness import SessionHarness  # noqa: E402
 from tests.realtime_emulator import (  # noqa: E402
     AcceptThenClose,
+    CloseAfterCreated,
+    CloseMidStream,
     ErrorThenClose,
     FailResponse,
     FaultPlan,
     HangHandshake,
+    Incomplete,
+    NoAnswer,
+    RateLimit,
+    RateLimitsBefore,
     RealtimeEmulator,
+    RejectCreate,
     RejectUpgrade,
+    ResponseFault,
 )
 
 # the engine logs every failure; the bench reads events, not logs
@@ -207,24 +215,94 @@ async def suite_storm(window: float, max_retry: int) -> dict[str, Any]:
 
 
 async def suite_memory(cycles: int) -> dict[str, Any]:
+    """Memory retained per reconnect cycle, split in two.
+
+    At each sample the events ``AgentSession`` recorded for its session report since the
+    baseline (``session._recorded_events``, write-only until the report) are measured by
+    releasing them: traced bytes before minus after the release is what the record retained;
+    what is still retained after the release is everything else. Before the first release the
+    record is searched for tracebacks, frames and sockets (``_heavy_refs``). The harness'
+    ``h.errors`` (a test-side listener holding the same error events) is released with it, so
+    the bench's own bookkeeping is not counted as retained by the library.
+    """
     warmup = 10
-    step = 20
+    step = 40
     plan = FaultPlan(every_connection=AcceptThenClose())
     xs: list[int] = []
     ys: list[int] = []
+    rec: list[int] = []
+    record_events = 0
+    heavy: list[str] = []
     async with RealtimeEmulator(plan) as emu:
         async with SessionHarness(emu, max_retry=100_000, retry_interval=0.0, timeout=2.0) as h:
             await _wait(lambda: emu.num_connections >= warmup, timeout=60)
+            events = h.session._recorded_events
             tracemalloc.start(16)
             base_conn = emu.num_connections
+            base_len = len(events)
             base = _client_bytes()
+            record_total = 0
             while emu.num_connections - base_conn < cycles and not h.closed.is_set():
                 target = emu.num_connections + step
                 await _wait(lambda t=target: emu.num_connections >= t, timeout=60)
+                with_record = _client_bytes()
+                new = events[base_len:]
+                record_events += len(new)
+                if not heavy:
+                    heavy = _heavy_refs(new)
+                del events[base_len:]
+                del new
+                # the harness' own list of the same error events (a test-side listener)
+                h.errors.clear()
+                without = _client_bytes()
+                record_total += with_record - without
                 xs.append(emu.num_connections - base_conn)
-                ys.append(_client_bytes() - base)
+                ys.append(without - base)
+                rec.append(record_total)
             tracemalloc.stop()
-    return {"cycles": xs, "retained_bytes": ys, "bytes_per_cycle": _slope(xs, ys)}
+    return {
+        "cycles": xs,
+        "retained_bytes": ys,
+        "record_bytes": rec,
+        "bytes_per_cycle": _slope(xs, ys),
+        "record_bytes_per_cycle": _slope(xs, rec),
+        "record_events_per_cycle": record_events / xs[-1] if xs else 0.0,
+        "record_heavy_refs": heavy,
+    }
+
+
+def _heavy_refs(roots: list[Any], limit: int = 20000) -> list[str]:
+    """Tracebacks, frames, sockets or transports reachable from ``roots`` (the record).
+
+    Walks ``gc.get_referents`` breadth-first, but not into live objects that the session owns
+    anyway (models, realtime sessions, the AgentSession, HTTP client sessions), classes and
+    modules: the question is what the record itself keeps alive.
+    """
+    import socket
+    import types
+
+    from livekit.agents import AgentSession, llm
+
+    stop = (llm.RealtimeModel, llm.LLM, llm.RealtimeSession, AgentSession, type,
+            types.ModuleType, types.FunctionType)  # fmt: skip
+    heavy = (types.TracebackType, types.FrameType, socket.socket, asyncio.BaseTransport)
+    found: list[str] = []
+    seen: set[int] = set()
+    queue: list[Any] = list(roots)
+    while queue and len(seen) < limit and len(found) < 5:
+        obj = queue.pop(0)
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, heavy):
+            found.append(type(obj).__name__)
+            continue
+        if isinstance(obj, stop) or type(obj).__module__.startswith("aiohttp"):
+            if "ClientWebSocketResponse" in type(obj).__name__:
+                found.append(type(obj).__name__)
+            continue
+        queue.extend(gc.get_referents(obj))
+    return found
 
 
 _EMULATOR_FILES = str(ROOT / "tests" / "realtime_emulator" / "*")
@@ -258,6 +336,148 @@ async def _wait(predicate: Callable[[], bool], timeout: float) -> None:
         await asyncio.sleep(0.005)
 
 
+def soak_fault(rng: random.Random) -> ResponseFault | None:
+    """A realistic per-response mix: about 1 response in 10 misbehaves, most often transiently."""
+    x = rng.random()
+    mix: list[tuple[float, ResponseFault]] = [
+        (0.04, FailResponse(code="server_error")),
+        (0.02, RejectCreate(code="rate_limit_exceeded")),
+        (0.01, FailResponse(code="server_error", after_audio_deltas=2)),
+        (0.01, CloseMidStream(after_audio_deltas=2)),
+        (0.005, CloseAfterCreated()),
+        (0.005, NoAnswer()),
+        (0.005, Incomplete(reason="max_output_tokens")),
+        (0.005, RateLimitsBefore(rate_limits=(RateLimit(remaining=0, reset_seconds=0.2),))),
+    ]
+    for p, fault in mix:
+        if x < p:
+            return fault
+        x -= p
+    return None
+
+
+async def _soak_session(index: int, turns: int, seed: int, out: dict[str, Any]) -> None:
+    from tests.exploration import failure_causes
+
+    rng = random.Random(seed * 1000 + index)
+    horizon = turns * 4 + 16
+    responses = {n: f for n in range(1, horizon) if (f := soak_fault(rng)) is not None}
+    plan = FaultPlan(responses=responses)
+    async with RealtimeEmulator(plan) as emu:
+        h = SessionHarness(emu, max_retry=3, retry_interval=0.05, timeout=1.0,
+                           max_unrecoverable_errors=10**6)  # fmt: skip
+        await h.start()
+        try:
+            for _ in range(turns):
+                if h.closed.is_set():
+                    out["not_run"] += 1
+                    continue
+                before = len(h.audio.frames)
+                t0 = time.perf_counter()
+                handle = h.session.generate_reply(instructions="answer the user")
+                try:
+                    await asyncio.wait_for(asyncio.shield(handle.wait_for_playout()), 15.0)
+                except asyncio.TimeoutError:
+                    out["violations"].append(f"session {index}: a speech not done in 15 s")
+                    continue
+                out["latency_s"].append(time.perf_counter() - t0)
+                ok = len(h.audio.frames) > before and handle.exception() is None
+                out["delivered"] += ok
+                if not handle.interrupted and handle.exception() is None and not handle.chat_items:
+                    out["violations"].append(f"session {index}: a speech ended silently")
+            n_causes, _ = failure_causes([emu])
+            if len(h.errors) > n_causes:
+                out["violations"].append(
+                    f"session {index}: {len(h.errors)} errors for {n_causes} causes"
+                )
+            if emu.overlapping_creates:
+                out["violations"].append(f"session {index}: overlapping response.create")
+            if h.closed.is_set():
+                out["violations"].append(f"session {index}: the session closed by itself")
+        finally:
+            await h.aclose()
+        unhandled = h.guard.seen()
+        if unhandled:
+            out["violations"].append(f"session {index}: unhandled {unhandled[:2]}")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def suite_soak(sessions: int, turns: int, seed: int) -> dict[str, Any]:
+    """N concurrent sessions in this process, M turns each, seeded realistic faults."""
+    gc.collect()
+    tracemalloc.start(1)
+    rss0, traced0 = _rss_bytes(), tracemalloc.get_traced_memory()[0]
+    out: dict[str, Any] = {"delivered": 0, "not_run": 0, "latency_s": [], "violations": []}
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(_soak_session(i, turns, seed, out) for i in range(sessions)))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    gc.collect()
+    rss1, traced1 = _rss_bytes(), tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    total = sessions * turns
+    return {
+        "sessions": sessions,
+        "turns_per_session": turns,
+        "turns": total,
+        "delivered": out["delivered"],
+        "not_run": out["not_run"],
+        "latency_s": out["latency_s"],
+        "cpu_s_per_turn": cpu / total,
+        "wall_s": wall,
+        "rss_start": rss0,
+        "rss_end": rss1,
+        "traced_start": traced0,
+        "traced_end": traced1,
+        "violations": out["violations"],
+    }
+
+
+async def suite_profile(turns: int) -> dict[str, Any]:
+    """cProfile of happy-path turns: per function, own and cumulative ms per turn."""
+    import cProfile
+    import pstats
+
+    async with RealtimeEmulator() as emu, SessionHarness(emu) as h:
+        for _ in range(3):
+            await _turn(h)
+        # the cyclic GC would charge its pauses to whichever function allocates when it runs;
+        # allocation is measured apart (alloc_bytes_per_turn), so it is paused while profiling
+        gc.collect()
+        gc.disable()
+        # CPU time, not wall time: the machine's other load must not be charged to a function
+        prof = cProfile.Profile(time.process_time)
+        try:
+            prof.enable()
+            for _ in range(turns):
+                await _turn(h)
+            prof.disable()
+        finally:
+            gc.enable()
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    rows = []
+    for (filename, line, name), (_cc, nc, tt, ct, _callers) in stats.items():
+        if "livekit" not in filename or "tests/" in filename:
+            continue
+        short = filename.split("site-packages/")[-1]
+        rows.append(
+            {
+                "function": f"{short}:{line}({name})",
+                "calls_per_turn": nc / turns,
+                "own_ms_per_turn": tt * 1000 / turns,
+                "cum_ms_per_turn": ct * 1000 / turns,
+            }
+        )
+    rows.sort(key=lambda r: -r["own_ms_per_turn"])
+    return {"turns": turns, "functions": rows[:400]}
+
+
 async def suite_matrix() -> dict[str, Any]:
     from tests import scenarios
 
@@ -276,10 +496,31 @@ SUITES: dict[str, Callable[..., Awaitable[Any]]] = {
     "storm": suite_storm,
     "memory": suite_memory,
     "matrix": suite_matrix,
+    "soak": suite_soak,
+    "profile": suite_profile,
 }
 
 
+def serve() -> None:
+    """``worker.py serve``: one JSON request per stdin line, one JSON result per stdout line.
+
+    A request is ``{"suite": <name>, "params": {...}}``; each runs in a fresh event loop. Lets
+    the orchestrator alternate builds run after run without paying interpreter start-up and
+    imports each time (the happy-path pairs).
+    """
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        result = asyncio.run(SUITES[request["suite"]](**request.get("params", {})))
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+
+
 def main() -> None:
+    if sys.argv[1] == "serve":
+        serve()
+        return
     suite, params = sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     result = asyncio.run(SUITES[suite](**params))
     print(json.dumps(result))

@@ -221,8 +221,9 @@ class SessionHarness:
         guard: an installed ExceptionGuard to use (default: the harness installs its own).
         api_key: the key the model sends (default: the emulator's).
         playout_speed: the audio sink's playout speed (None: instant; 1.0: real time).
-        wrap_model: builds the session's LLM from the emulator's model, e.g. a
-            ``RealtimeModelFallbackAdapter`` over it and another one.
+        fallback: a second started emulator: the session's LLM is then a
+            ``RealtimeModelFallbackAdapter([model on emu, model on fallback])`` (``h.model``
+            stays the primary, ``h.fallback_model`` is the secondary).
     """
 
     def __init__(
@@ -239,10 +240,10 @@ class SessionHarness:
         guard: ExceptionGuard | None = None,
         api_key: str | None = None,
         playout_speed: float | None = None,
-        wrap_model: Callable[[openai.realtime.RealtimeModel], llm.RealtimeModel] | None = None,
+        fallback: RealtimeEmulator | None = None,
     ) -> None:
         self.emu = emu
-        self._wrap_model = wrap_model
+        self.fallback = fallback
         self.conn_options = APIConnectOptions(
             max_retry=max_retry, retry_interval=retry_interval, timeout=timeout
         )
@@ -265,6 +266,7 @@ class SessionHarness:
         self.text = RecordingTextOutput()
         self._http: aiohttp.ClientSession | None = None
         self._model: openai.realtime.RealtimeModel | None = None
+        self.fallback_model: openai.realtime.RealtimeModel | None = None
         self._session: AgentSession | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -280,8 +282,18 @@ class SessionHarness:
             http_session=self._http,
             **self._model_kwargs,
         )
+        session_llm: llm.RealtimeModel = self._model
+        if self.fallback is not None:
+            self.fallback_model = openai.realtime.RealtimeModel(
+                base_url=self.fallback.http_url,
+                api_key=self._api_key,
+                conn_options=self.conn_options,
+                http_session=self._http,
+                **self._model_kwargs,
+            )
+            session_llm = llm.RealtimeModelFallbackAdapter([self._model, self.fallback_model])
         self._session = AgentSession(
-            llm=self._wrap_model(self._model) if self._wrap_model else self._model,
+            llm=session_llm,
             conn_options=SessionConnectOptions(
                 llm_conn_options=self.conn_options,
                 max_unrecoverable_errors=self._max_unrecoverable_errors,

@@ -25,21 +25,17 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from livekit.agents import (
     Agent,
     APIConnectionError,
-    APIConnectOptions,
     APIError,
     function_tool,
     llm,
 )
-from livekit.agents.llm import RealtimeModelFallbackAdapter
 from livekit.agents.llm._realtime import openai as engine
 from livekit.agents.voice.events import AgentStateChangedEvent, ErrorEvent
-from livekit.plugins import openai
 
 from .harness import SessionHarness
 from .realtime_emulator import (
@@ -503,33 +499,21 @@ async def test_contract_6_the_fallback_adapter_fails_over_an_exhausted_turn() ->
     async with (
         RealtimeEmulator(primary_plan) as primary,
         RealtimeEmulator() as secondary,
-        aiohttp.ClientSession() as http,
+        SessionHarness(primary, fallback=secondary, max_retry=1, max_unrecoverable_errors=1) as h,
     ):
-        fallback = openai.realtime.RealtimeModel(
-            base_url=secondary.http_url,
-            api_key=secondary.api_key,
-            conn_options=APIConnectOptions(max_retry=1, retry_interval=0.05, timeout=1.0),
-            http_session=http,
+        first = h.session.generate_reply(instructions="greet the user")
+        await _done(h, first, what="the first turn on the failing primary")
+        await secondary.wait_for(
+            lambda: secondary.num_response_creates >= 1, what="the adapter to fail over"
         )
-        async with SessionHarness(
-            primary,
-            max_retry=1,
-            max_unrecoverable_errors=1,
-            wrap_model=lambda m: RealtimeModelFallbackAdapter([m, fallback]),
-        ) as h:
-            first = h.session.generate_reply(instructions="greet the user")
-            await _done(h, first, what="the first turn on the failing primary")
-            await secondary.wait_for(
-                lambda: secondary.num_response_creates >= 1, what="the adapter to fail over"
-            )
-            await h.wait_for(lambda: h.audio.frames, what="the reply on the fallback model")
+        await h.wait_for(lambda: h.audio.frames, what="the reply on the fallback model")
 
-            second = h.session.generate_reply(instructions="and again")
-            await h.wait_for_speech(second, what="a second turn on the fallback model")
-            assert not h.closed.is_set(), f"closed: {h.describe_errors()}"
-            assert primary.num_response_creates == 2  # max_retry + 1 on the primary, once
-            assert all(e.error.recoverable for e in h.errors), h.describe_errors()
-        h.guard.assert_clean()
+        second = h.session.generate_reply(instructions="and again")
+        await h.wait_for_speech(second, what="a second turn on the fallback model")
+        assert not h.closed.is_set(), f"closed: {h.describe_errors()}"
+        assert primary.num_response_creates == 2  # max_retry + 1 on the primary, once
+        assert all(e.error.recoverable for e in h.errors), h.describe_errors()
+    h.guard.assert_clean()
 
 
 # -- found reviewing the fix (guards; the series before it had other defects on these paths) ---
@@ -600,20 +584,6 @@ async def test_a_refused_request_ends_the_turn_without_counting() -> None:
     h.guard.assert_clean()
 
 
-async def _fallback_harness(
-    primary: RealtimeEmulator, secondary: RealtimeEmulator, http: aiohttp.ClientSession, **kw: Any
-) -> SessionHarness:
-    fallback = openai.realtime.RealtimeModel(
-        base_url=secondary.http_url,
-        api_key=secondary.api_key,
-        conn_options=APIConnectOptions(max_retry=1, retry_interval=0.05, timeout=1.0),
-        http_session=http,
-    )
-    return SessionHarness(
-        primary, wrap_model=lambda m: RealtimeModelFallbackAdapter([m, fallback]), **kw
-    )
-
-
 @pytest.mark.parametrize(
     "fault",
     [FailResponse(code="invalid_value"), FailResponse(after_audio_deltas=2)],
@@ -625,14 +595,13 @@ async def test_the_fallback_adapter_keeps_its_model_for_a_turn_level_failure(
     async with (
         RealtimeEmulator(FaultPlan(responses={1: fault})) as primary,
         RealtimeEmulator() as secondary,
-        aiohttp.ClientSession() as http,
+        SessionHarness(primary, fallback=secondary, max_retry=3) as h,
     ):
-        async with await _fallback_harness(primary, secondary, http, max_retry=3) as h:
-            handle = h.session.generate_reply(instructions="greet the user")
-            await _done(h, handle, what="the turn to end")
-            await asyncio.sleep(0.3)
-            assert secondary.num_connections == 0, "swapped the model for one turn's failure"
-        h.guard.assert_clean()
+        handle = h.session.generate_reply(instructions="greet the user")
+        await _done(h, handle, what="the turn to end")
+        await asyncio.sleep(0.3)
+        assert secondary.num_response_creates == 0, "swapped the model for one turn's failure"
+    h.guard.assert_clean()
 
 
 @pytest.mark.parametrize("max_retry", [0, 1])
@@ -640,16 +609,15 @@ async def test_the_fallback_adapter_reissues_the_reply_whatever_max_retry(max_re
     async with (
         RealtimeEmulator(FaultPlan(every_response=FailResponse())) as primary,
         RealtimeEmulator() as secondary,
-        aiohttp.ClientSession() as http,
+        SessionHarness(primary, fallback=secondary, max_retry=max_retry) as h,
     ):
-        async with await _fallback_harness(primary, secondary, http, max_retry=max_retry) as h:
-            handle = h.session.generate_reply(instructions="greet the user")
-            await _done(h, handle, what="the turn on the failing primary")
-            await secondary.wait_for(
-                lambda: secondary.num_response_creates >= 1, what="the reply re-issued"
-            )
-            await h.wait_for(lambda: h.audio.frames, what="the reply on the fallback")
-        h.guard.assert_clean()
+        handle = h.session.generate_reply(instructions="greet the user")
+        await _done(h, handle, what="the turn on the failing primary")
+        await secondary.wait_for(
+            lambda: secondary.num_response_creates >= 1, what="the reply re-issued"
+        )
+        await h.wait_for(lambda: h.audio.frames, what="the reply on the fallback")
+    h.guard.assert_clean()
 
 
 async def test_closing_without_drain_while_a_retry_is_pending_ends_the_turn_with_its_error() -> (

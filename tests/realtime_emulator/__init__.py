@@ -176,10 +176,12 @@ Harness (``tests/harness.py``)
 ------------------------------
 ``SessionHarness(emu, max_retry=3, retry_interval=0.05, timeout=1.0,
 max_unrecoverable_errors=3, agent=None, model_kwargs=None, session_kwargs=None, guard=None,
-api_key=None)``, an async context manager: builds ``openai.realtime.RealtimeModel(base_url=
+api_key=None, playout_speed=None, fallback=None)``, an async context manager: builds ``openai.realtime.RealtimeModel(base_url=
 emu.http_url, api_key=..., conn_options=APIConnectOptions(max_retry, retry_interval, timeout))``
 and ``AgentSession(llm=model, conn_options=SessionConnectOptions(llm_conn_options=<same>))``,
-started with the agent, no room, ``record=False``. Attributes: ``h.session``, ``h.model``,
+started with the agent, no room, ``record=False``; with ``fallback=<second emulator>`` the
+session's LLM is ``RealtimeModelFallbackAdapter([model, model on the second emulator])``
+(``h.fallback_model``). Attributes: ``h.session``, ``h.model``,
 ``h.realtime_session``, ``h.audio`` (RecordingAudioOutput: ``frames``, ``pushed_duration``,
 ``segments``, ``interrupted_segments``; plays instantly), ``h.text`` (RecordingTextOutput:
 ``text``, ``flushed``), ``h.errors`` (session ErrorEvents; ``h.recoverable_errors``,
