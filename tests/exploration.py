@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from livekit import rtc
-from livekit.agents import Agent, APIConnectionError, RunContext, function_tool, llm
+from livekit.agents import APIConnectionError, llm
 from livekit.agents.llm._realtime import openai as engine
 from livekit.agents.voice.events import ErrorEvent, SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
@@ -98,6 +98,7 @@ from .realtime_emulator import (
     Reply,
     SlowHandshake,
 )
+from .scenarios import _ToolAgent
 
 INVARIANTS = (
     "single_create_in_flight",
@@ -291,22 +292,6 @@ class Violation:
 # ---------------------------------------------------------------------------------------------
 # running an example
 # ---------------------------------------------------------------------------------------------
-
-
-class _ToolAgent(Agent):
-    def __init__(self, calls: Counter[str]) -> None:
-        super().__init__(instructions="You are a helpful test assistant. Use your tools.")
-        self._calls = calls
-
-    @function_tool
-    async def lookup_weather(self, context: RunContext, city: str = "Paris") -> str:
-        """Look up the current weather in a city.
-
-        Args:
-            city: the city name.
-        """
-        self._calls[context.function_call.call_id] += 1
-        return f"It is sunny in {city}."
 
 
 class _Capture(logging.Handler):

@@ -45,6 +45,10 @@ def run_suite(monorepo: Path, python: str, junit: Path, extra: list[str]) -> flo
         "-p",
         "no:cacheprovider",
         "--continue-on-collection-errors",
+        # a test written for another release may hang on this one: fail it instead
+        "-p",
+        "pytest_timeout",
+        "--timeout=60",
         f"--junitxml={junit.resolve()}",
         *extra,
     ]
