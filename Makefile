@@ -111,8 +111,6 @@ upstream-suite: venv venv-pristine ## upstream's unit suite on both builds (UPST
 ifeq ($(strip $(UPSTREAM)),)
 	@echo "upstream-suite: skipped (give UPSTREAM=<path of a livekit/agents monorepo checkout>)"
 else
-	$(VENV)/bin/pip install -q -r requirements/upstream-suite.txt
-	$(PRISTINE_VENV)/bin/pip install -q -r requirements/upstream-suite.txt
 	$(PYTHON) tools/upstream_suite.py --monorepo $(UPSTREAM) --pristine $(PRISTINE_VENV)/bin/python \
 	  --patched $(VENV)/bin/python --explained upstream/$(LINE)-suite.txt --out build/upstream-suite
 endif

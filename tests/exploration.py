@@ -29,7 +29,8 @@ Invariants (``INVARIANTS``; names as reported)
 - ``no_unhandled_exception``: the ``ExceptionGuard`` saw no unhandled asyncio exception and no
   "Task/Future exception was never retrieved" (after teardown and gc).
 - ``one_error_per_cause``: the session's ``error`` events are no more than the failure causes
-  seen on the wire (a failed / rejected / dropped / unanswered response; a connection attempt
+  seen on the wire (plus the one non-recoverable error with which the engine gives up, when the
+  session closes; README contract 3) (a failed / rejected / dropped / unanswered response; a connection attempt
   rejected, hung, abandoned or dropped in its handshake; a server close that no dropped or
   failed response explains), and with no cause at all there is no error event and no handle
   ends with an exception (an ``incomplete`` response is a normal end, not a cause).
@@ -777,7 +778,12 @@ def check(ex: Example, obs: Observation) -> list[Violation]:
     # one_error_per_cause
     n_causes, causes = failure_causes(emus)
     n_errors = len(obs.errors)
-    if n_errors > n_causes:
+    # README contract 3: once the engine gives up on the connection it reports that itself,
+    # after the per-connection errors (the error event of the last one came at once)
+    gave_up = close_time is not None and any(
+        getattr(ev.error, "recoverable", None) is False for _, ev in obs.errors
+    )
+    if n_errors > n_causes + int(gave_up):
         kinds = [_describe_error(ev) for _, ev in obs.errors]
         fail(
             "one_error_per_cause",
@@ -865,6 +871,8 @@ def check(ex: Example, obs: Observation) -> list[Violation]:
             and ex.fallback is not None
             and not ex.fallback.connections
             and not ex.fallback.responses
+            # a drop on demand (DropConnection) can fail the fallback too
+            and not any(_is_failed_connection(c) for c in emus[1].connections)
         ):
             fail("close_per_contract", "the session closed while a healthy fallback model remained")
     elif ex.fallback is None and not shutdown:

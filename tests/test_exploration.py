@@ -28,6 +28,7 @@ from .exploration import (
     Example,
     GenerateReply,
     Interrupt,
+    Shutdown,
     Step,
     UpdateChatCtx,
     VadTurn,
@@ -183,6 +184,16 @@ FINDINGS: dict[str, tuple[Example, str | None]] = {
         "single_create_in_flight + history_agrees_with_server (racy: about 1 run in 3): the same "
         "race, and an item the client deleted on the server stays in the local history "
         "(pristine does the same)",
+    ),
+    "shutdown_mid_reply_deleted_item_kept": (
+        Example(
+            max_retry=1,
+            plan=FaultPlan(),
+            steps=(Step(GenerateReply(tool_choice="auto"), gap=0.03), Step(Shutdown(drain=False))),
+        ),
+        "history_agrees_with_server (racy, about 1 run in 3): a close without draining just "
+        "after the reply started keeps an item the client deleted on the server in the local "
+        "history (pristine does the same)",
     ),
     "update_chat_ctx_cancelled_never_retrieved": (
         Example(

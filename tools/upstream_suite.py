@@ -32,30 +32,78 @@ from pathlib import Path
 Outcome = str  # passed | failed | error | skipped
 
 
-def run_suite(monorepo: Path, python: str, junit: Path, extra: list[str]) -> float:
-    """Run the unit suite of ``monorepo`` with ``python``; returns the wall time."""
-    junit.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        python,
-        "-m",
-        "pytest",
-        "tests",
-        "--unit",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--continue-on-collection-errors",
-        # a test written for another release may hang on this one: fail it instead
-        "-p",
-        "pytest_timeout",
-        "--timeout=60",
-        f"--junitxml={junit.resolve()}",
-        *extra,
-    ]
+def _collect(monorepo: Path, python: str) -> dict[str, list[str]]:
+    """Test ids of the unit suite, by module."""
+    proc = subprocess.run(
+        [
+            python,
+            "-m",
+            "pytest",
+            "tests",
+            "--unit",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--continue-on-collection-errors",
+        ],
+        cwd=monorepo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    modules: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        if "::" in line and line.startswith("tests/"):
+            modules.setdefault(line.split("::", 1)[0], []).append(line.strip())
+        elif line.startswith("ERROR tests/"):
+            modules.setdefault(line.split()[1], [])
+    return modules
+
+
+def run_suite(
+    monorepo: Path, python: str, out: Path, extra: list[str], *, module_timeout: float
+) -> tuple[dict[str, Outcome], float]:
+    """Run the unit suite of ``monorepo`` with ``python``, one process per test module, so that
+    a module that hangs on this build (a test written for another release) fails alone: its
+    tests count as errors. Returns the outcomes and the wall time."""
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    with open(junit.with_suffix(".log"), "w") as log:
-        subprocess.run(cmd, cwd=monorepo, stdout=log, stderr=subprocess.STDOUT, check=False)
-    return time.monotonic() - t0
+    results: dict[str, Outcome] = {}
+    for n, (module, test_ids) in enumerate(sorted(_collect(monorepo, python).items())):
+        junit = (out / f"{n:03d}.xml").resolve()
+        cmd = [
+            python,
+            "-m",
+            "pytest",
+            module,
+            "--unit",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            *extra,
+        ]
+        with open(junit.with_suffix(".log"), "w") as log:
+            try:
+                subprocess.run(
+                    cmd,
+                    cwd=monorepo,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                    timeout=module_timeout,
+                )
+            except subprocess.TimeoutExpired:
+                log.write(f"\nupstream-suite: {module} timed out after {module_timeout:g}s\n")
+        found = outcomes(junit) if junit.exists() else {}
+        if not found:
+            # did not import, or hung: every test of it (or the module itself) errors
+            found = dict.fromkeys(test_ids, "error") or {module: "error"}
+        for test_id in test_ids:
+            found.setdefault(test_id, "error")
+        results.update(found)
+    return results, time.monotonic() - t0
 
 
 def outcomes(junit: Path) -> dict[str, Outcome]:
@@ -63,7 +111,11 @@ def outcomes(junit: Path) -> dict[str, Outcome]:
     results: dict[str, Outcome] = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         classname, name = case.get("classname", ""), case.get("name", "")
-        test_id = f"{classname.replace('.', '/')}.py::{name}" if classname else name
+        # classname is the dotted module path, then the test class if any (TestX)
+        parts = classname.split(".")
+        classes = [p for p in parts if p[:1].isupper()]
+        module = "/".join(p for p in parts if not p[:1].isupper())
+        test_id = "::".join([f"{module}.py", *classes, name]) if classname else name
         kinds = {child.tag for child in case}
         if "error" in kinds:
             results[test_id] = "error"
@@ -103,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patched", required=True, help="python of the patched build")
     parser.add_argument("--explained", type=Path, help="accepted differential, with reasons")
     parser.add_argument("--out", type=Path, default=Path("build/upstream-suite"))
+    parser.add_argument("--module-timeout", type=float, default=300.0, help="seconds per module")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
 
@@ -115,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, dict[str, Outcome]] = {}
     for build, python in (("pristine", args.pristine), ("patched", args.patched)):
-        junit = args.out / f"{build}.xml"
-        seconds = run_suite(monorepo, python, junit, args.pytest_args)
-        results[build] = outcomes(junit)
+        # the suite runs from the checkout: a relative interpreter path is relative to here
+        python = str(Path(python).absolute())
+        results[build], seconds = run_suite(
+            monorepo, python, args.out / build, args.pytest_args, module_timeout=args.module_timeout
+        )
         print(f"upstream-suite: {build}: {summarize(results[build])} in {seconds:.0f}s")
 
     pristine, patched = results["pristine"], results["patched"]
