@@ -5,10 +5,11 @@ See the package docstring for the vocabulary table.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 # ---------------------------------------------------------------------------------------------
 # normal behaviour
@@ -265,3 +266,102 @@ def random_faults(
     rng = random.Random(seed)
     chosen = fault if fault is not None else FailResponse()
     return {n: chosen for n in range(1, count + 1) if rng.random() < p}
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON form (for the CLI, ``python -m tests.realtime_emulator --plan '<json>'``)
+# ---------------------------------------------------------------------------------------------
+
+_FAULT_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        Reply,
+        FailResponse,
+        RejectCreate,
+        FunctionCall,
+        CloseAfterCreated,
+        NoAnswer,
+        Malformed,
+        Healthy,
+        AcceptThenClose,
+        ErrorThenClose,
+        HangHandshake,
+        RejectUpgrade,
+    )
+}
+
+
+def _rate_limits_to_json(limits: tuple[RateLimit, ...] | None) -> list[dict[str, Any]] | None:
+    return None if limits is None else [dataclasses.asdict(r) for r in limits]
+
+
+def _rate_limits_from_json(value: Any) -> tuple[RateLimit, ...] | None:
+    return None if value is None else tuple(RateLimit(**r) for r in value)
+
+
+def fault_to_json(fault: ResponseFault | ConnectionFault) -> dict[str, Any]:
+    """``FailResponse(code="x")`` -> ``{"kind": "FailResponse", "code": "x", ...}``."""
+    out: dict[str, Any] = {"kind": type(fault).__name__}
+    for f in dataclasses.fields(fault):
+        value = getattr(fault, f.name)
+        out[f.name] = _rate_limits_to_json(value) if f.name == "rate_limits" else value
+    return out
+
+
+def fault_from_json(obj: Mapping[str, Any]) -> ResponseFault | ConnectionFault:
+    """The inverse of ``fault_to_json``; unknown kinds and fields raise ValueError."""
+    fields = dict(obj)
+    kind = fields.pop("kind", None)
+    cls = _FAULT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown fault kind {kind!r}; one of: {', '.join(_FAULT_TYPES)}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(fields) - known
+    if unknown:
+        raise ValueError(f"{kind}: unknown field(s) {', '.join(sorted(unknown))}")
+    if "rate_limits" in fields:
+        fields["rate_limits"] = _rate_limits_from_json(fields["rate_limits"])
+    return cls(**fields)
+
+
+def plan_to_json(plan: FaultPlan) -> dict[str, Any]:
+    """A FaultPlan as plain JSON data (response/connection numbers become string keys)."""
+    return {
+        "responses": {str(n): fault_to_json(f) for n, f in plan.responses.items()},
+        "every_response": None
+        if plan.every_response is None
+        else fault_to_json(plan.every_response),
+        "connections": {str(n): fault_to_json(f) for n, f in plan.connections.items()},
+        "every_connection": (
+            None if plan.every_connection is None else fault_to_json(plan.every_connection)
+        ),
+        "reply": fault_to_json(plan.reply),
+        "rate_limits": _rate_limits_to_json(plan.rate_limits),
+    }
+
+
+def plan_from_json(obj: Mapping[str, Any]) -> FaultPlan:
+    """The inverse of ``plan_to_json``; every key is optional (``{}`` is the healthy plan).
+
+    Example: ``{"every_connection": {"kind": "RejectUpgrade", "status": 401}}``.
+    """
+    unknown = set(obj) - {f.name for f in dataclasses.fields(FaultPlan)}
+    if unknown:
+        raise ValueError(f"FaultPlan: unknown field(s) {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for key in ("responses", "connections"):
+        if key in obj:
+            kwargs[key] = {int(n): fault_from_json(f) for n, f in obj[key].items()}
+    for key in ("every_response", "every_connection"):
+        if obj.get(key) is not None:
+            kwargs[key] = fault_from_json(obj[key])
+    if "reply" in obj:
+        reply = fault_from_json(
+            {"kind": "Reply", **obj["reply"]} if "kind" not in obj["reply"] else obj["reply"]
+        )
+        if not isinstance(reply, Reply):
+            raise ValueError("FaultPlan.reply must be a Reply")
+        kwargs["reply"] = reply
+    if "rate_limits" in obj:
+        kwargs["rate_limits"] = _rate_limits_from_json(obj["rate_limits"])
+    return FaultPlan(**kwargs)
