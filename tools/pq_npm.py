@@ -28,9 +28,11 @@ Commands (``python3 tools/pq_npm.py --line js-1.9.0 <cmd>``): ``build``, ``test`
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -331,15 +333,74 @@ def pristine_check(line: Line) -> None:
         raise PqError("regression tests that do not reproduce on pristine: " + ", ".join(bad))
 
 
+def _added_lines(line: Line, rel: str) -> set[int]:
+    """Line numbers (1-based, in the patched file) that the series added to ``rel``."""
+    out = pq.ugit(line, "diff", "-U0", pq.BASE_TAG, "--", rel)
+    added: set[int] = set()
+    for m in re.finditer(r"^@@ -\S+ \+(\d+)(?:,(\d+))? @@", out, flags=re.M):
+        start, count = int(m.group(1)), int(m.group(2) or "1")
+        added.update(range(start, start + count))
+    return added
+
+
 def prettier_check(line: Line) -> None:
-    """Upstream's prettier config over the .ts files the series touches, and tests/js/."""
+    """Upstream's prettier config over every line the series adds, and over tests/js/.
+
+    A file the series modifies is formatted in a scratch copy; only differences on lines the
+    series added count (upstream's own lines are upstream's business, and prettier releases
+    differ on some of them).
+    """
     dest = stage(line, "patched")
-    files = [str(dest / f) for f in pq.touched(line)]
-    files += [str(p) for p in (dest / "rtretry-tests").rglob("*.ts")]
-    run(
-        [_bin(dest, "prettier"), "--config", str(dest / ".prettierrc"), "--check", *files], cwd=dest
-    )
-    _log(f"prettier: {len(files)} file(s) formatted as upstream's config wants")
+    prettier = [_bin(dest, "prettier"), "--config", str(dest / ".prettierrc")]
+    ours = [str(p) for p in (dest / "rtretry-tests").rglob("*.ts")]
+    bad: list[str] = []
+    for rel in pq.touched(line):
+        original = (dest / rel).read_text().splitlines()
+        formatted = subprocess.run(
+            [*prettier, "--stdin-filepath", str(dest / rel)],
+            cwd=dest,
+            text=True,
+            input="\n".join(original) + "\n",
+            capture_output=True,
+            check=True,
+        ).stdout
+        added = _added_lines(line, rel)
+        matcher = difflib.SequenceMatcher(a=original, b=formatted.splitlines(), autojunk=False)
+        for tag, i1, i2, _j1, _j2 in matcher.get_opcodes():
+            if tag != "equal" and any(n in added for n in range(i1 + 1, max(i2, i1 + 1) + 1)):
+                bad.append(f"{rel}:{i1 + 1}")
+    res = run([*prettier, "--check", *ours], cwd=dest, check=False)
+    if res.returncode != 0:
+        bad.append(res.stdout + res.stderr)
+    if bad:
+        raise PqError("not formatted as upstream's prettier config wants: " + ", ".join(bad))
+    _log(f"prettier: the series' added lines and {len(ours)} test file(s) are formatted")
+
+
+def bench(line: Line) -> dict[str, dict[str, float]]:
+    """Reconnect storm (accept-then-close, 10 s) and RSS growth, pristine vs patched."""
+    results = {}
+    for build_name in ("pristine", "patched"):
+        dest = stage(line, build_name)
+        if build_name == "patched":
+            build(line, dest)
+        cmd = [_bin(dest, "vitest"), "bench", "--run", "rtretry-tests/storm.bench.ts"]
+        env = {**os.environ, **test_env(), "NO_COLOR": "1"}
+        proc = subprocess.run(cmd, cwd=dest, env=env, text=True, capture_output=True)
+        found = re.findall(r"RTRETRY_BENCH (\{.*\})", proc.stdout + proc.stderr)
+        if not found:
+            raise PqError(f"the {build_name} bench printed no result:\n{proc.stdout[-3000:]}")
+        results[build_name] = json.loads(found[-1])
+    print(f"\n== JS bench ({line.name}): accept-then-close for 10 s, maxRetry=3 ==")
+    keys = list(results["pristine"])
+    print(f"{'figure':<22} {'pristine':>12} {'patched':>12}")
+    for key in keys:
+        print(f"{key:<22} {results['pristine'][key]:>12} {results['patched'][key]:>12}")
+    out = ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}-{line.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    _log(f"wrote {out.relative_to(ROOT)}")
+    return results
 
 
 def check_prefix(line: Line) -> None:
@@ -361,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     p_test.add_argument("paths", nargs="*")
     sub.add_parser("pristine-check", help="the regression tests must fail on pristine")
     sub.add_parser("prettier", help="prettier --check on touched files and tests/js")
+    sub.add_parser("bench", help="reconnect storm and memory, pristine vs patched")
     args = parser.parse_args(argv)
     try:
         line = pq.load_line(args.line)
@@ -377,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             pristine_check(line)
         elif args.cmd == "prettier":
             prettier_check(line)
+        elif args.cmd == "bench":
+            bench(line)
     except PqError as e:
         print(f"pq: error: {e}", file=sys.stderr)
         return 1
