@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             dest = stage(line, args.build)
             if args.build == "patched":
                 build(line, dest)
-            vitest(dest, args.paths, json_out=args.json)
+            json_out = None if args.json is None else (Path.cwd() / args.json).resolve()
+            vitest(dest, args.paths, json_out=json_out)
         elif args.cmd == "pristine-check":
             pristine_check(line)
         elif args.cmd == "prettier":
