@@ -377,9 +377,9 @@ def prettier_check(line: Line) -> None:
     _log(f"prettier: the series' added lines and {len(ours)} test file(s) are formatted")
 
 
-def bench(line: Line) -> dict[str, dict[str, float]]:
-    """Reconnect storm (accept-then-close, 10 s) and RSS growth, pristine vs patched."""
-    results = {}
+def bench(line: Line) -> dict[str, list[dict[str, object]]]:
+    """Every agents-js#934 symptom for 10 s (tests/js/storm.bench.ts), pristine vs patched."""
+    results: dict[str, list[dict[str, object]]] = {}
     for build_name in ("pristine", "patched"):
         dest = stage(line, build_name)
         if build_name == "patched":
@@ -390,12 +390,13 @@ def bench(line: Line) -> dict[str, dict[str, float]]:
         found = re.findall(r"RTRETRY_BENCH (\{.*\})", proc.stdout + proc.stderr)
         if not found:
             raise PqError(f"the {build_name} bench printed no result:\n{proc.stdout[-3000:]}")
-        results[build_name] = json.loads(found[-1])
-    print(f"\n== JS bench ({line.name}): accept-then-close for 10 s, maxRetry=3 ==")
-    keys = list(results["pristine"])
-    print(f"{'figure':<22} {'pristine':>12} {'patched':>12}")
-    for key in keys:
-        print(f"{key:<22} {results['pristine'][key]:>12} {results['patched'][key]:>12}")
+        results[build_name] = [json.loads(f) for f in found]
+    print(f"\n== JS bench ({line.name}): each scenario 10 s, maxRetry=3, pristine -> patched ==")
+    for before, after in zip(results["pristine"], results["patched"], strict=True):
+        print(f"{before['scenario']}:")
+        for key in before:
+            if key != "scenario":
+                print(f"    {key:<24} {before[key]!s:>10} -> {after[key]!s:<10}")
     out = ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}-{line.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

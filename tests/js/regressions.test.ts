@@ -2,7 +2,7 @@
 // one per reported symptom, against the project's emulator on 127.0.0.1. Each asserts the
 // correct behaviour, so each fails on pristine 1.9.0 (`make js-pristine-check`) with an
 // AssertionError that names the symptom, and passes on the patched build.
-import { type llm } from '@livekit/agents';
+import { type llm, voice } from '@livekit/agents';
 import * as openai from '@livekit/agents-plugin-openai';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Emulator, type FaultPlan, ProcessGuard, sleep } from './emulator.js';
@@ -159,5 +159,28 @@ describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }
       guard.warnings.filter((w) => w.startsWith('MaxListenersExceededWarning')),
       'listener growth per reconnect',
     ).toEqual([]);
+  });
+
+  it('an AgentSession whose realtime model cannot connect closes, with one error', async () => {
+    const emu = await Emulator.start({ every_connection: { kind: 'RejectUpgrade', status: 500 } });
+    cleanups.push(() => emu.close());
+    const model = new openai.realtime.RealtimeModel({
+      baseURL: emu.httpUrl,
+      apiKey: emu.apiKey,
+      connOptions: { maxRetry: 2, retryIntervalMs: 50, timeoutMs: 1000 },
+    });
+    const session = new voice.AgentSession({ llm: model });
+    const closed: unknown[] = [];
+    const errors: voice.ErrorEvent[] = [];
+    session.on(voice.AgentSessionEventTypes.Close, (ev) => closed.push(ev));
+    session.on(voice.AgentSessionEventTypes.Error, (ev) => errors.push(ev));
+    cleanups.push(() => session.close());
+    await session.start({ agent: new voice.Agent({ instructions: 'You are a test agent.' }) });
+
+    const deadline = Date.now() + 5000;
+    while (closed.length === 0 && Date.now() < deadline) await sleep(20);
+    expect(closed.length, 'the AgentSession never closed after the connection failed').toBe(1);
+    const fatalErrors = errors.filter((e) => !e.error.recoverable);
+    expect(fatalErrors.length, 'non-recoverable session error events').toBe(1);
   });
 });
