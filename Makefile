@@ -133,7 +133,7 @@ venv-emulator: $(EMU_VENV)/.ok ## the emulator as a process for the JS tests (ai
 js-lint: js-packages ## upstream's prettier config over the JS series' added lines and tests/js
 	$(JSNPM) prettier
 
-js-upstream-tests: js-packages ## upstream's shipped realtime vitest tests, patched and pristine
+js-upstream-tests: js-packages venv-emulator ## upstream's shipped realtime vitest tests, patched and pristine
 	$(JSNPM) test --build pristine --json build/$(JSLINE)/upstream-pristine.json \
 	  plugins/openai/src/realtime/realtime_model.test.ts plugins/openai/src/realtime/gpt_live_model.test.ts
 	$(JSNPM) test --build patched --json build/$(JSLINE)/upstream-patched.json \
