@@ -6,7 +6,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 
-export type Fault = { kind: string; [field: string]: unknown };
+export type Fault = { fault: string; [field: string]: unknown };
 
 export interface FaultPlan {
   responses?: Record<string, Fault>;

@@ -65,8 +65,8 @@ async function settle(errors: llm.RealtimeModelError[], windowMs: number): Promi
 
 describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }, () => {
   it.each([
-    ['rejected with HTTP 401', { every_connection: { kind: 'RejectUpgrade', status: 401 } }],
-    ['that hangs until the connect timeout', { every_connection: { kind: 'HangHandshake' } }],
+    ['rejected with HTTP 401', { every_connection: { fault: 'RejectUpgrade', status: 401 } }],
+    ['that hangs until the connect timeout', { every_connection: { fault: 'HangHandshake' } }],
   ])('a handshake %s raises no uncaught error', async (_what, plan) => {
     const { errors } = await open(plan as FaultPlan, { maxRetry: 1, timeoutMs: 300 });
     await settle(errors, 2500);
@@ -76,7 +76,7 @@ describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }
 
   it('a failed first handshake is retried and ends in one non-recoverable error', async () => {
     const { emu, errors } = await open(
-      { every_connection: { kind: 'RejectUpgrade', status: 500 } },
+      { every_connection: { fault: 'RejectUpgrade', status: 500 } },
       { maxRetry: 2 },
     );
     await settle(errors, 3000);
@@ -92,7 +92,7 @@ describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }
     [500, 3],
   ])('handshake HTTP %i is classified (%i attempt(s) with max_retry=2)', async (status, want) => {
     const { emu, errors } = await open(
-      { every_connection: { kind: 'RejectUpgrade', status } },
+      { every_connection: { fault: 'RejectUpgrade', status } },
       { maxRetry: 2 },
     );
     await settle(errors, 3000);
@@ -102,7 +102,7 @@ describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }
   });
 
   it('accept-then-close gets max_retry+1 attempts, then one non-recoverable error', async () => {
-    const { emu, errors } = await open({ every_connection: { kind: 'AcceptThenClose' } });
+    const { emu, errors } = await open({ every_connection: { fault: 'AcceptThenClose' } });
     await settle(errors, 3000);
     const attempts = await emu.numConnections();
     expect(attempts, 'reconnect storm: attempts under accept-then-close (max_retry=3)').toBe(4);
@@ -112,7 +112,7 @@ describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }
 
   it('a server error followed by a close is one error, and the counter is not reset', async () => {
     const { emu, errors } = await open(
-      { every_connection: { kind: 'ErrorThenClose', code: 'server_error' } },
+      { every_connection: { fault: 'ErrorThenClose', code: 'server_error' } },
       { maxRetry: 2 },
     );
     await settle(errors, 3000);
@@ -162,7 +162,7 @@ describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }
   });
 
   it('an AgentSession whose realtime model cannot connect closes, with one error', async () => {
-    const emu = await Emulator.start({ every_connection: { kind: 'RejectUpgrade', status: 500 } });
+    const emu = await Emulator.start({ every_connection: { fault: 'RejectUpgrade', status: 500 } });
     cleanups.push(() => emu.close());
     const model = new openai.realtime.RealtimeModel({
       baseURL: emu.httpUrl,

@@ -19,19 +19,19 @@ const WINDOW_MS = 10_000;
 const SCENARIOS: Scenario[] = [
   {
     name: 'handshake HTTP 401',
-    plan: { every_connection: { kind: 'RejectUpgrade', status: 401 } },
+    plan: { every_connection: { fault: 'RejectUpgrade', status: 401 } },
   },
   {
     name: 'handshake HTTP 500',
-    plan: { every_connection: { kind: 'RejectUpgrade', status: 500 } },
+    plan: { every_connection: { fault: 'RejectUpgrade', status: 500 } },
   },
   {
     name: 'handshake hangs (timeout 1 s)',
-    plan: { every_connection: { kind: 'HangHandshake' } },
+    plan: { every_connection: { fault: 'HangHandshake' } },
     timeoutMs: 1000,
   },
-  { name: 'accept-then-close', plan: { every_connection: { kind: 'AcceptThenClose' } } },
-  { name: 'error-then-close', plan: { every_connection: { kind: 'ErrorThenClose' } } },
+  { name: 'accept-then-close', plan: { every_connection: { fault: 'AcceptThenClose' } } },
+  { name: 'error-then-close', plan: { every_connection: { fault: 'ErrorThenClose' } } },
   { name: 'planned reconnect every 1 s', plan: {}, maxSessionDuration: 1000 },
   {
     name: 'reconnect every 100 ms, then 3 events',

@@ -1,9 +1,9 @@
 """The emulator as a small server process, for tests in other languages (the agents-js line).
 
-    python -m tests.realtime_emulator --plan '{"every_connection": {"kind": "AcceptThenClose"}}'
+    python -m tests.realtime_emulator --plan '{"every_connection": {"fault": "AcceptThenClose"}}'
 
 The plan is the JSON form of a ``FaultPlan`` (``plan_from_json`` in ``plan.py``: every fault
-is ``{"kind": "<class name>", <its fields>}``, response and connection numbers are string
+is ``{"fault": "<class name>", <its fields>}``, response and connection numbers are string
 keys). Once listening, the process prints ONE line of JSON on stdout and flushes it::
 
     {"ws_url": "ws://127.0.0.1:<port>/v1/realtime", "http_url": "http://127.0.0.1:<port>/v1",

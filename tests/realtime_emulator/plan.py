@@ -272,96 +272,95 @@ def random_faults(
 # JSON form (for the CLI, ``python -m tests.realtime_emulator --plan '<json>'``)
 # ---------------------------------------------------------------------------------------------
 
-_FAULT_TYPES: dict[str, type] = {
-    cls.__name__: cls
-    for cls in (
-        Reply,
-        FailResponse,
-        RejectCreate,
-        FunctionCall,
-        CloseAfterCreated,
-        NoAnswer,
-        Malformed,
-        Healthy,
-        AcceptThenClose,
-        ErrorThenClose,
-        HangHandshake,
-        RejectUpgrade,
-    )
-}
+
+def _plan_types() -> dict[str, type]:
+    """Every plan dataclass of this module by name (looked up at call time, so a fault added
+    to the vocabulary is in the JSON form at once)."""
+    return {
+        name: obj
+        for name, obj in globals().items()
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj is not FaultPlan
+    }
 
 
-def _rate_limits_to_json(limits: tuple[RateLimit, ...] | None) -> list[dict[str, Any]] | None:
-    return None if limits is None else [dataclasses.asdict(r) for r in limits]
+# the discriminator of a plan dataclass in JSON ("kind" and "type" are fields of some faults)
+_TAG = "fault"
 
 
-def _rate_limits_from_json(value: Any) -> tuple[RateLimit, ...] | None:
-    return None if value is None else tuple(RateLimit(**r) for r in value)
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {_TAG: type(value).__name__}
+        for f in dataclasses.fields(value):
+            out[f.name] = _to_json(getattr(value, f.name))
+        return out
+    if isinstance(value, tuple | list):
+        return [_to_json(v) for v in value]
+    return value
 
 
-def fault_to_json(fault: ResponseFault | ConnectionFault) -> dict[str, Any]:
-    """``FailResponse(code="x")`` -> ``{"kind": "FailResponse", "code": "x", ...}``."""
-    out: dict[str, Any] = {"kind": type(fault).__name__}
-    for f in dataclasses.fields(fault):
-        value = getattr(fault, f.name)
-        out[f.name] = _rate_limits_to_json(value) if f.name == "rate_limits" else value
-    return out
-
-
-def fault_from_json(obj: Mapping[str, Any]) -> ResponseFault | ConnectionFault:
-    """The inverse of ``fault_to_json``; unknown kinds and fields raise ValueError."""
-    fields = dict(obj)
-    kind = fields.pop("kind", None)
-    cls = _FAULT_TYPES.get(kind) if isinstance(kind, str) else None
+def _from_json(value: Any, *, default_kind: str | None = None) -> Any:
+    if isinstance(value, list):
+        return tuple(_from_json(v, default_kind=default_kind) for v in value)
+    if not isinstance(value, Mapping):
+        return value
+    fields = dict(value)
+    kind = fields.pop(_TAG, default_kind)
+    types = _plan_types()
+    cls = types.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ValueError(f"unknown fault kind {kind!r}; one of: {', '.join(_FAULT_TYPES)}")
+        raise ValueError(f"unknown fault kind {kind!r}; one of: {', '.join(sorted(types))}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(fields) - known
     if unknown:
         raise ValueError(f"{kind}: unknown field(s) {', '.join(sorted(unknown))}")
-    if "rate_limits" in fields:
-        fields["rate_limits"] = _rate_limits_from_json(fields["rate_limits"])
-    return cls(**fields)
+    kwargs = {
+        k: _from_json(v, default_kind="RateLimit" if k == "rate_limits" else None)
+        for k, v in fields.items()
+    }
+    return cls(**kwargs)
+
+
+def fault_to_json(fault: Any) -> dict[str, Any]:
+    """``FailResponse(code="x")`` -> ``{"fault": "FailResponse", "code": "x", ...}`` (nested
+    faults and ``RateLimit`` entries likewise, tuples as lists)."""
+    return _to_json(fault)
+
+
+def fault_from_json(obj: Mapping[str, Any]) -> Any:
+    """The inverse of ``fault_to_json``; unknown kinds and fields raise ValueError.
+    ``rate_limits`` entries may leave out ``"fault": "RateLimit"``."""
+    return _from_json(obj)
 
 
 def plan_to_json(plan: FaultPlan) -> dict[str, Any]:
     """A FaultPlan as plain JSON data (response/connection numbers become string keys)."""
-    return {
-        "responses": {str(n): fault_to_json(f) for n, f in plan.responses.items()},
-        "every_response": None
-        if plan.every_response is None
-        else fault_to_json(plan.every_response),
-        "connections": {str(n): fault_to_json(f) for n, f in plan.connections.items()},
-        "every_connection": (
-            None if plan.every_connection is None else fault_to_json(plan.every_connection)
-        ),
-        "reply": fault_to_json(plan.reply),
-        "rate_limits": _rate_limits_to_json(plan.rate_limits),
-    }
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(plan):
+        value = getattr(plan, f.name)
+        if isinstance(value, Mapping):
+            out[f.name] = {str(n): _to_json(v) for n, v in value.items()}
+        else:
+            out[f.name] = _to_json(value)
+    return out
 
 
 def plan_from_json(obj: Mapping[str, Any]) -> FaultPlan:
     """The inverse of ``plan_to_json``; every key is optional (``{}`` is the healthy plan).
 
-    Example: ``{"every_connection": {"kind": "RejectUpgrade", "status": 401}}``.
+    Example: ``{"every_connection": {"fault": "RejectUpgrade", "status": 401}}``.
     """
-    unknown = set(obj) - {f.name for f in dataclasses.fields(FaultPlan)}
+    fields = {f.name: f for f in dataclasses.fields(FaultPlan)}
+    unknown = set(obj) - set(fields)
     if unknown:
         raise ValueError(f"FaultPlan: unknown field(s) {', '.join(sorted(unknown))}")
     kwargs: dict[str, Any] = {}
-    for key in ("responses", "connections"):
-        if key in obj:
-            kwargs[key] = {int(n): fault_from_json(f) for n, f in obj[key].items()}
-    for key in ("every_response", "every_connection"):
-        if obj.get(key) is not None:
-            kwargs[key] = fault_from_json(obj[key])
-    if "reply" in obj:
-        reply = fault_from_json(
-            {"kind": "Reply", **obj["reply"]} if "kind" not in obj["reply"] else obj["reply"]
-        )
-        if not isinstance(reply, Reply):
-            raise ValueError("FaultPlan.reply must be a Reply")
-        kwargs["reply"] = reply
-    if "rate_limits" in obj:
-        kwargs["rate_limits"] = _rate_limits_from_json(obj["rate_limits"])
+    for key, value in obj.items():
+        if key in ("responses", "connections"):
+            kwargs[key] = {int(n): _from_json(v) for n, v in value.items()}
+        elif key == "reply":
+            kwargs[key] = _from_json(value, default_kind="Reply")
+        elif key == "rate_limits":
+            kwargs[key] = _from_json(value, default_kind="RateLimit")
+        else:
+            kwargs[key] = _from_json(value)
     return FaultPlan(**kwargs)
