@@ -1,7 +1,12 @@
-# rtretry: a patch set against the livekit/agents monorepo. Patches are the source of truth;
-# the upstream tree (livekit-agents/, livekit-plugins/) is generated. `make help` lists targets.
+# rtretry: a patch set against the livekit/agents monorepo (Python, LINE) and the agents-js
+# monorepo (npm, JSLINE). Patches are the source of truth; the upstream trees (livekit-agents/,
+# livekit-plugins/, agents-js/) are generated. `make help` lists targets.
 
 LINE    ?= 1.8.9
+JSLINE  ?= js-1.9.0
+JSPQ    := python3 tools/pq.py --line $(JSLINE)
+JSNPM   := python3 tools/pq_npm.py --line $(JSLINE)
+EMU_VENV := .venv-emulator
 PYTHON  ?= python3
 PQ      := $(PYTHON) tools/pq.py --line $(LINE)
 
@@ -17,13 +22,14 @@ CHAOS_ARGS    ?=
 .DEFAULT_GOAL := help
 .PHONY: help fetch apply apply-pristine export check-export check-series wheels venv \
         venv-pristine lint typecheck pytest pristine-check review-check upstream-suite test bench chaos \
-        clean distclean
+        clean distclean js-apply js-packages js-check-export js-check-series venv-emulator js-lint \
+        js-test js-upstream-tests js-pristine-check js-bench
 
 help: ## list the targets
 	@echo "rtretry patch set on livekit-agents (LINE=$(LINE); other lines: LINE=<version>)"
 	@echo
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1|\2/' \
-	  | sed 's/$$(LINE)/$(LINE)/g' | awk -F'|' '{ printf "  %-18s %s\n", $$1, $$2 }'
+	  | sed 's/$$(LINE)/$(LINE)/g; s/$$(JSLINE)/$(JSLINE)/g' | awk -F'|' '{ printf "  %-18s %s\n", $$1, $$2 }'
 
 fetch: ## download the pinned upstream sdists from PyPI and verify their sha256
 	$(PQ) fetch
@@ -56,7 +62,7 @@ $(WHEELS_STAMP): $(BUILD_VENV)/.ok $(PATCHES) tools/pq.py
 	$(PQ) wheels --python $(BUILD_VENV)/bin/python
 	touch $@
 
-wheels: $(WHEELS_STAMP) ## build the forked wheels into dist/ and verify them in a fresh venv
+wheels: $(WHEELS_STAMP) js-packages ## build the forked wheels AND npm tarballs into dist/, verified
 
 $(VENV)/.ok: $(WHEELS_STAMP) requirements/test.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -115,9 +121,9 @@ else
 	  --patched $(VENV)/bin/python --explained upstream/$(LINE)-suite.txt --out build/upstream-suite
 endif
 
-test: lint typecheck pristine-check review-check check-export pytest upstream-suite ## all that CI runs; builds and installs what it needs
+test: lint typecheck pristine-check review-check check-export pytest upstream-suite js-test ## all that CI runs (both lines)
 
-bench: venv venv-pristine ## pristine vs patched bench + soak; writes bench/REPORT.md and bench/results/
+bench: venv venv-pristine js-bench ## pristine vs patched bench + soak (both lines); bench/REPORT.md, results/
 	$(VENV)/bin/pip install -q -r requirements/bench.txt
 	$(VENV)/bin/python bench/run.py --line $(LINE) --patched $(VENV)/bin/python \
 	  --pristine $(PRISTINE_VENV)/bin/python $(BENCH_ARGS)
@@ -125,8 +131,54 @@ bench: venv venv-pristine ## pristine vs patched bench + soak; writes bench/REPO
 chaos: venv ## long randomized fault exploration (CHAOS_MINUTES=15); writes bench/CHAOS.md
 	$(VENV)/bin/python bench/chaos.py --minutes $(CHAOS_MINUTES) $(CHAOS_ARGS)
 
-clean: ## remove build outputs and the generated upstream tree (keeps downloaded sdists)
-	rm -rf build dist .pq livekit-agents livekit-plugins
+# --- the agents-js line (npm): JSLINE=js-1.9.0 -------------------------------------------------
+
+JS_STAMP := dist/.built-$(JSLINE)
+
+js-apply: ## generate agents-js/ from the pinned npm tarballs and git-am patches/$(JSLINE)/
+	$(JSPQ) apply
+
+$(JS_STAMP): upstream/$(JSLINE).toml patches/$(JSLINE)/series $(wildcard patches/$(JSLINE)/*.patch) \
+             tools/pq.py tools/pq_npm.py $(wildcard tools/js/*)
+	$(JSPQ) apply
+	$(JSPQ) wheels
+	touch $@
+
+js-packages: $(JS_STAMP) ## build (tsup/tsc) + npm pack the forked JS packages, verify in a fresh project
+
+js-check-export: ## apply + export of patches/$(JSLINE)/ must be byte-identical
+	$(JSPQ) check-export
+
+js-check-series: ## every prefix of the JS series applies, type-checks, builds, passes the realtime tests
+	$(JSPQ) check-series
+
+$(EMU_VENV)/.ok: requirements/emulator.txt
+	test -x $(EMU_VENV)/bin/python || $(PYTHON) -m venv $(EMU_VENV)
+	$(EMU_VENV)/bin/pip install -q -r requirements/emulator.txt
+	touch $@
+
+venv-emulator: $(EMU_VENV)/.ok ## the emulator as a process for the JS tests (aiohttp only)
+
+js-lint: js-packages ## upstream's prettier config over the JS series' added lines and tests/js
+	$(JSNPM) prettier
+
+js-upstream-tests: js-packages venv-emulator ## upstream's shipped realtime vitest tests, patched and pristine
+	$(JSNPM) test --build pristine --json build/$(JSLINE)/upstream-pristine.json \
+	  plugins/openai/src/realtime/realtime_model.test.ts plugins/openai/src/realtime/gpt_live_model.test.ts
+	$(JSNPM) test --build patched --json build/$(JSLINE)/upstream-patched.json \
+	  plugins/openai/src/realtime/realtime_model.test.ts plugins/openai/src/realtime/gpt_live_model.test.ts
+
+js-pristine-check: venv-emulator ## the JS regression tests must fail on pristine 1.9.0
+	$(JSNPM) pristine-check
+
+js-test: js-lint js-check-export js-upstream-tests js-pristine-check venv-emulator ## the JS line: build, checks, all tests
+	$(JSNPM) test --build patched plugins/openai/src/realtime/ rtretry-tests/
+
+js-bench: js-packages venv-emulator ## JS reconnect storm (connections in 10 s) + memory, pristine vs patched
+	$(JSNPM) bench
+
+clean: ## remove build outputs and the generated upstream trees (keeps downloaded sdists)
+	rm -rf build dist .pq .pq-js-* agents-js livekit-agents livekit-plugins
 
 distclean: clean ## also remove venvs and the sdist cache
-	rm -rf $(VENV) $(PRISTINE_VENV) .cache
+	rm -rf $(VENV) $(PRISTINE_VENV) $(EMU_VENV) .cache

@@ -1,22 +1,31 @@
 #!/usr/bin/env python3
-"""pq: the patch queue of the rtretry fork of livekit-agents.
+"""pq: the patch queue of the rtretry fork of livekit-agents (Python) and agents-js (npm).
 
 Patches are the source of truth; the upstream tree is generated. This tool turns a pinned
 upstream line (``upstream/<line>.toml``) plus its series (``patches/<line>/series``) into
-the monorepo layout (``livekit-agents/``, ``livekit-plugins/livekit-plugins-openai/``) and
-back again:
+the monorepo layout and back again. A line is one of two kinds (``kind`` in the pin file):
+
+- ``pypi`` (the default, e.g. ``1.8.9``): sdists from PyPI, laid out at the livekit/agents
+  paths (``livekit-agents/``, ``livekit-plugins/livekit-plugins-openai/``) in this repo's root;
+  the tree's git directory is ``.pq/git``.
+- ``npm`` (e.g. ``js-1.9.0``): tarballs from the npm registry (``npm pack``, integrity
+  sha512 checked), laid out at the livekit/agents-js paths (``agents/``, ``plugins/openai/``)
+  under one generated folder (``tree``, e.g. ``agents-js/``); its git directory is
+  ``.pq-<line>/git``. The build (tsup + tsc, via npm) lives in ``tools/pq_npm.py``.
+
+Commands:
 
     fetch          download the pinned sdists from PyPI and verify their sha256
     apply          lay the sdists out in the monorepo paths and `git am` the series
     export         rewrite patches/<line>/ from the commits of the upstream tree
     check-export   apply, export to a scratch dir, and require byte-identical patches
     check-series   apply the series one prefix at a time and byte-compile each step
-    wheels         build labelled wheels of the patched tree into dist/ and verify them
-    label          print the PEP 440 local version label derived from the series
+    wheels         build labelled wheels (npm line: labelled tarballs) into dist/, verify
+    label          print the version label derived from the series (PEP 440 / semver)
     git            run git in the generated upstream tree (e.g. `pq git commit -a`)
 
 The generated tree has its own git directory (``.pq/git``) whose work tree is this repo's
-root, restricted to the upstream paths: ``git am`` applies the monorepo-path patches as they
+root (npm line: the ``tree`` folder), restricted to the upstream paths: ``git am`` applies the monorepo-path patches as they
 are, and our own repository never sees upstream code (both paths are git-ignored).
 
 Only the standard library is used, so the tool runs with any Python >= 3.11.
@@ -25,7 +34,9 @@ Only the standard library is used, so the tool runs with any Python >= 3.11.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -38,10 +49,15 @@ from pathlib import Path
 
 import tomllib
 
+# tools/pq_npm.py does `import pq`: when this file runs as a script, let that be this module
+# (one PqError class, one set of globals)
+sys.modules.setdefault("pq", sys.modules[__name__])
+
 ROOT = Path(__file__).resolve().parents[1]
 PQ_DIR = ROOT / ".pq"
 GIT_DIR = PQ_DIR / "git"
 CACHE_DIR = ROOT / ".cache" / "sdist"
+NPM_CACHE_DIR = ROOT / ".cache" / "npm"
 DEFAULT_LINE = "1.8.9"
 LABEL_PREFIX = "rtretry"
 BASE_TAG = "upstream"
@@ -74,10 +90,18 @@ class PqError(Exception):
 @dataclass(frozen=True)
 class Package:
     name: str
-    sdist: str
-    sha256: str
     path: str
-    version_file: str
+    # pypi lines
+    sdist: str = ""
+    sha256: str = ""
+    version_file: str = ""
+    # npm lines
+    tarball: str = ""
+    integrity: str = ""
+
+    @property
+    def archive(self) -> str:
+        return self.tarball or self.sdist
 
 
 @dataclass(frozen=True)
@@ -85,6 +109,38 @@ class Line:
     name: str
     version: str
     packages: tuple[Package, ...]
+    kind: str = "pypi"
+    tree: str = ""
+    """npm lines: the generated folder (relative to ROOT) that holds the monorepo paths"""
+
+    @property
+    def is_npm(self) -> bool:
+        return self.kind == "npm"
+
+    @property
+    def work_tree(self) -> Path:
+        """The generated tree's root: the monorepo root the patches' paths are relative to."""
+        return ROOT / self.tree if self.tree else ROOT
+
+    @property
+    def state_dir(self) -> Path:
+        return ROOT / f".pq-{self.name}" if self.is_npm else PQ_DIR
+
+    @property
+    def git_dir(self) -> Path:
+        return self.state_dir / "git"
+
+    @property
+    def cache_dir(self) -> Path:
+        return (NPM_CACHE_DIR if self.is_npm else CACHE_DIR) / self.name
+
+    @property
+    def top_dirs(self) -> list[str]:
+        """Top-level monorepo folders the generated git tracks."""
+        top = {Path(pkg.path).parts[0] for pkg in self.packages}
+        if self.is_npm:
+            top.add(".changeset")  # agents-js: every change carries a changeset entry
+        return sorted(top)
 
     @property
     def patch_dir(self) -> Path:
@@ -116,7 +172,13 @@ def load_line(name: str) -> Line:
         raise PqError(f"no pin file upstream/{name}.toml (known lines: {', '.join(known)})")
     data = tomllib.loads(pin.read_text())
     packages = tuple(Package(**pkg) for pkg in data["package"])
-    return Line(name=name, version=data["version"], packages=packages)
+    kind = data.get("kind", "pypi")
+    if kind not in ("pypi", "npm"):
+        raise PqError(f"upstream/{name}.toml: kind must be pypi or npm, not {kind!r}")
+    tree = data.get("tree", "")
+    if kind == "npm" and not tree:
+        raise PqError(f"upstream/{name}.toml: an npm line needs `tree` (its generated folder)")
+    return Line(name=name, version=data["version"], packages=packages, kind=kind, tree=tree)
 
 
 def run(
@@ -125,14 +187,27 @@ def run(
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(cmd, cwd=cwd, env=full_env, text=True, capture_output=True)
     if check and proc.returncode != 0:
-        raise PqError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+        output = (proc.stdout[-4000:] + proc.stderr).strip()
+        raise PqError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{output}")
     return proc
 
 
-def ugit(*args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
-    """Run git in the generated upstream tree."""
-    cmd = ["git", f"--git-dir={GIT_DIR}", f"--work-tree={ROOT}", *args]
-    return run(cmd, env=env, check=check).stdout
+def git_cmd(line: Line, *args: str) -> list[str]:
+    return ["git", f"--git-dir={line.git_dir}", f"--work-tree={line.work_tree}", *args]
+
+
+def ugit(line: Line, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+    """Run git in the generated upstream tree of ``line``."""
+    return run(git_cmd(line, *args), cwd=line.work_tree, env=env, check=check).stdout
+
+
+def sha512_integrity(path: Path) -> str:
+    """The npm registry's ``dist.integrity`` form: ``sha512-<base64>``."""
+    digest = hashlib.sha512()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha512-" + base64.b64encode(digest.digest()).decode()
 
 
 def sha256_of(path: Path) -> str:
@@ -147,8 +222,10 @@ def sha256_of(path: Path) -> str:
 
 
 def fetch(line: Line) -> dict[str, Path]:
-    """Download the pinned sdists (once) and verify them against the pin file."""
-    dest = CACHE_DIR / line.name
+    """Download the pinned sdists (npm: tarballs) once and verify them against the pin file."""
+    if line.is_npm:
+        return _fetch_npm(line)
+    dest = line.cache_dir
     dest.mkdir(parents=True, exist_ok=True)
     missing = [pkg for pkg in line.packages if not (dest / pkg.sdist).exists()]
     if missing:
@@ -173,79 +250,123 @@ def fetch(line: Line) -> dict[str, Path]:
     return paths
 
 
+def _fetch_npm(line: Line) -> dict[str, Path]:
+    """`npm pack <name>@<version>` from the registry, then check the sha512 ourselves."""
+    dest = line.cache_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    for pkg in line.packages:
+        if (dest / pkg.tarball).exists():
+            continue
+        spec = f"{pkg.name}@{line.version}"
+        print(f"pq: downloading {spec} (npm pack)", file=sys.stderr)
+        proc = run(["npm", "pack", spec, "--json", "--pack-destination", str(dest)], cwd=dest)
+        (packed,) = json.loads(proc.stdout)
+        if packed["filename"] != pkg.tarball:
+            (dest / packed["filename"]).unlink(missing_ok=True)
+            raise PqError(f"npm pack {spec} produced {packed['filename']}, pinned {pkg.tarball}")
+    paths = {}
+    for pkg in line.packages:
+        path = dest / pkg.tarball
+        actual = sha512_integrity(path)
+        if actual != pkg.integrity:
+            path.unlink()
+            raise PqError(
+                f"integrity mismatch for {pkg.tarball}:\n"
+                f"  pinned in upstream/{line.name}.toml: {pkg.integrity}\n"
+                f"  downloaded:                      {actual}\n"
+                "refusing to build from a tarball that is not the pinned upstream release"
+            )
+        paths[pkg.name] = path
+    return paths
+
+
 # --- apply -------------------------------------------------------------------------------
 
 
-def _tree_state() -> str | None:
-    state = PQ_DIR / "line"
+def _tree_state(line: Line) -> str | None:
+    state = line.state_dir / "line"
     return state.read_text().strip() if state.exists() else None
 
 
-def _tree_digest() -> str:
+def _tree_digest(line: Line) -> str:
     """Digest of what an export of the tree's commits would write."""
     with tempfile.TemporaryDirectory() as tmp:
-        names = _format_patches(Path(tmp))
+        names = _format_patches(line, Path(tmp))
         digest = hashlib.sha256()
         for name in names:
             digest.update((Path(tmp) / name).read_bytes())
         return digest.hexdigest()
 
 
-def _guard_unsaved_work(force: bool) -> None:
+def _guard_unsaved_work(line: Line, force: bool) -> None:
     """Refuse to throw away edits or commits that were not exported to patches/."""
-    if force or not GIT_DIR.exists() or not (PQ_DIR / "applied").exists():
+    if force or not line.git_dir.exists() or not (line.state_dir / "applied").exists():
         return
-    if ugit("status", "--porcelain", check=False).strip():
+    if ugit(line, "status", "--porcelain", check=False).strip():
         raise PqError(
             "the upstream tree has uncommitted edits; commit them (`tools/pq.py git commit`) "
             "and `make export`, or pass --force to discard them"
         )
-    if _tree_digest() != (PQ_DIR / "applied").read_text().strip():
+    if _tree_digest(line) != (line.state_dir / "applied").read_text().strip():
         raise PqError(
-            f"the upstream tree ({_tree_state()}) has commits that were never exported; "
+            f"the upstream tree ({_tree_state(line)}) has commits that were never exported; "
             "run `make export` first, or pass --force to discard them"
         )
 
 
 def _materialise(line: Line, sdists: dict[str, Path]) -> None:
+    tree = line.work_tree
+    if line.is_npm:
+        if tree.exists():
+            shutil.rmtree(tree)  # the whole folder is generated
+        tree.mkdir(parents=True)
     for pkg in line.packages:
-        target = ROOT / pkg.path
+        target = tree / pkg.path
         if target.exists():
             shutil.rmtree(target)
-    top = {Path(pkg.path).parts[0] for pkg in line.packages}
+    top = line.top_dirs
     for name in top:
-        if (ROOT / name).exists():
-            shutil.rmtree(ROOT / name)
-    if GIT_DIR.exists():
-        shutil.rmtree(GIT_DIR)
-    PQ_DIR.mkdir(exist_ok=True)
+        if (tree / name).exists():
+            shutil.rmtree(tree / name)
+    if line.git_dir.exists():
+        shutil.rmtree(line.git_dir)
+    line.state_dir.mkdir(exist_ok=True)
 
-    lay_out(line, sdists, ROOT)
+    # the monorepo has no build output in git: an npm tarball's prebuilt dist/ is left out
+    lay_out(line, sdists, tree, with_dist=False)
 
-    run(["git", "init", "-q", "--bare", str(GIT_DIR)])
-    ugit("config", "core.bare", "false")
-    ugit("config", "core.autocrlf", "false")
-    ugit("config", "status.showUntrackedFiles", "normal")
-    if not ugit("config", "user.email", check=False).strip():
+    run(["git", "init", "-q", "--bare", str(line.git_dir)])
+    ugit(line, "config", "core.bare", "false")
+    ugit(line, "config", "core.autocrlf", "false")
+    ugit(line, "config", "status.showUntrackedFiles", "normal")
+    if not ugit(line, "config", "user.email", check=False).strip():
         # a machine with no git identity (CI) can still commit in the generated tree
-        ugit("config", "user.name", "rtretry")
-        ugit("config", "user.email", "rtretry@users.noreply.github.com")
-    exclude = ["/*"] + [f"!/{name}/" for name in sorted(top)]
-    (GIT_DIR / "info").mkdir(exist_ok=True)
-    (GIT_DIR / "info" / "exclude").write_text("\n".join(exclude) + "\n")
-    ugit("add", "-A", "-f", "--", *sorted(top))
-    ugit("commit", "-q", "-m", f"upstream {line.version} (pinned sdists)", env=_BASE_ENV)
-    ugit("tag", BASE_TAG)
+        ugit(line, "config", "user.name", "rtretry")
+        ugit(line, "config", "user.email", "rtretry@users.noreply.github.com")
+    exclude = ["/*"] + [f"!/{name}/" for name in top]
+    (line.git_dir / "info").mkdir(exist_ok=True)
+    (line.git_dir / "info" / "exclude").write_text("\n".join(exclude) + "\n")
+    present = [name for name in top if (tree / name).exists()]
+    ugit(line, "add", "-A", "-f", "--", *present)
+    what = "registry tarballs" if line.is_npm else "sdists"
+    ugit(line, "commit", "-q", "-m", f"upstream {line.version} (pinned {what})", env=_BASE_ENV)
+    ugit(line, "tag", BASE_TAG)
 
 
-def lay_out(line: Line, sdists: dict[str, Path], dest: Path) -> None:
-    """Extract each sdist to its monorepo path under ``dest``."""
+def lay_out(line: Line, sdists: dict[str, Path], dest: Path, *, with_dist: bool = True) -> None:
+    """Extract each sdist (npm: tarball) to its monorepo path under ``dest``.
+
+    ``with_dist=False`` leaves out an npm tarball's prebuilt ``dist/`` (a build output).
+    """
     for pkg in line.packages:
         target = dest / pkg.path
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest) as tmp, tarfile.open(sdists[pkg.name]) as tar:
             tar.extractall(tmp, filter="data")
-            (root_dir,) = Path(tmp).iterdir()  # sdists hold one top-level <name>-<version>/
+            # sdists hold one top-level <name>-<version>/, npm tarballs one package/
+            (root_dir,) = Path(tmp).iterdir()
+            if line.is_npm and not with_dist and (root_dir / "dist").exists():
+                shutil.rmtree(root_dir / "dist")
             shutil.move(str(root_dir), target)
 
 
@@ -253,16 +374,8 @@ def _git_am(line: Line, names: list[str]) -> None:
     for index, name in enumerate(names, start=1):
         patch = line.patch_dir / name
         proc = run(
-            [
-                "git",
-                f"--git-dir={GIT_DIR}",
-                f"--work-tree={ROOT}",
-                "am",
-                "-q",
-                "--keep-cr",
-                "--committer-date-is-author-date",
-                str(patch),
-            ],
+            git_cmd(line, "am", "-q", "--keep-cr", "--committer-date-is-author-date", str(patch)),
+            cwd=line.work_tree,
             env={k: v for k, v in _BASE_ENV.items() if k.startswith("GIT_COMMITTER_")},
             check=False,
         )
@@ -270,7 +383,7 @@ def _git_am(line: Line, names: list[str]) -> None:
             output = proc.stdout + proc.stderr
             files = sorted(set(re.findall(r"patch failed: ([^:\n]+):\d+", output)))
             files += sorted(set(re.findall(r"error: ([^:\n]+): does not exist", output)))
-            ugit("am", "--abort", check=False)
+            ugit(line, "am", "--abort", check=False)
             where = f" in {', '.join(files)}" if files else ""
             raise PqError(
                 f"patch {index}/{len(names)} patches/{line.name}/{name} failed to apply{where}\n"
@@ -283,15 +396,15 @@ def apply(
 ) -> None:
     """Generate the upstream tree and apply the series (or a prefix of it)."""
     sdists = fetch(line)
-    _guard_unsaved_work(force)
+    _guard_unsaved_work(line, force)
     names = [] if pristine else line.series()
     if upto is not None:
         names = names[:upto]
-    (PQ_DIR / "applied").unlink(missing_ok=True)
+    (line.state_dir / "applied").unlink(missing_ok=True)
     _materialise(line, sdists)
-    (PQ_DIR / "line").write_text(line.name + "\n")
+    (line.state_dir / "line").write_text(line.name + "\n")
     _git_am(line, names)
-    (PQ_DIR / "applied").write_text(_tree_digest() + "\n")
+    (line.state_dir / "applied").write_text(_tree_digest(line) + "\n")
     what = "pristine" if pristine else f"{len(names)} patch(es)"
     print(f"pq: upstream {line.version} laid out with {what} applied", file=sys.stderr)
 
@@ -299,9 +412,9 @@ def apply(
 # --- export ------------------------------------------------------------------------------
 
 
-def _format_patches(out_dir: Path) -> list[str]:
+def _format_patches(line: Line, out_dir: Path) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    listing = ugit(*_FORMAT_PATCH_ARGS, "-o", str(out_dir), f"{BASE_TAG}..HEAD")
+    listing = ugit(line, *_FORMAT_PATCH_ARGS, "-o", str(out_dir), f"{BASE_TAG}..HEAD")
     return [Path(p).name for p in listing.split()]
 
 
@@ -325,9 +438,9 @@ def _dir_diff(a: Path, b: Path) -> list[str]:
 
 
 def _require_tree(line: Line) -> None:
-    if not GIT_DIR.exists() or _tree_state() != line.name:
+    if not line.git_dir.exists() or _tree_state(line) != line.name:
         raise PqError(f"no generated tree for line {line.name}; run `make apply LINE={line.name}`")
-    if ugit("status", "--porcelain").strip():
+    if ugit(line, "status", "--porcelain").strip():
         raise PqError("the upstream tree has uncommitted edits; commit them first")
 
 
@@ -337,9 +450,9 @@ def export(line: Line) -> None:
     line.patch_dir.mkdir(parents=True, exist_ok=True)
     for old in line.patch_dir.glob("*.patch"):
         old.unlink()
-    names = _format_patches(line.patch_dir)
+    names = _format_patches(line, line.patch_dir)
     _write_series(line.series_file, names)
-    (PQ_DIR / "applied").write_text(_tree_digest() + "\n")
+    (line.state_dir / "applied").write_text(_tree_digest(line) + "\n")
     print(f"pq: exported {len(names)} patch(es) to patches/{line.name}/", file=sys.stderr)
 
 
@@ -347,7 +460,7 @@ def check_export(line: Line) -> None:
     """The series must survive apply + export unchanged, byte for byte."""
     apply(line)
     with tempfile.TemporaryDirectory() as tmp:
-        names = _format_patches(Path(tmp))
+        names = _format_patches(line, Path(tmp))
         _write_series(Path(tmp) / "series", names)
         changed = _dir_diff(Path(tmp), line.patch_dir)
     if changed:
@@ -358,12 +471,17 @@ def check_export(line: Line) -> None:
 
 
 def check_series(line: Line) -> None:
-    """Each prefix of the series applies and byte-compiles (bisectability)."""
+    """Each prefix of the series applies and byte-compiles (npm: type-checks, builds, tests)."""
     names = line.series()
     for upto in range(1, len(names) + 1):
         apply(line, upto=upto, force=True)
-        for pkg in line.packages:
-            run([sys.executable, "-m", "compileall", "-q", str(ROOT / pkg.path / "livekit")])
+        if line.is_npm:
+            import pq_npm
+
+            pq_npm.check_prefix(line)
+        else:
+            for pkg in line.packages:
+                run([sys.executable, "-m", "compileall", "-q", str(ROOT / pkg.path / "livekit")])
         print(f"pq: prefix {upto}/{len(names)} ({names[upto - 1]}) applies and compiles")
     apply(line, force=True)
 
@@ -372,15 +490,20 @@ def check_series(line: Line) -> None:
 
 
 def touched(line: Line) -> list[str]:
-    """Python files of the generated tree that differ from upstream (commits and edits)."""
-    if not GIT_DIR.exists() or _tree_state() != line.name:
+    """Source files of the generated tree that differ from upstream (commits and edits)."""
+    if not line.git_dir.exists() or _tree_state(line) != line.name:
         raise PqError(f"no generated tree for line {line.name}; run `make apply LINE={line.name}`")
-    out = ugit("diff", "--name-only", "--diff-filter=AM", BASE_TAG, "--", "*.py")
+    pattern = "*.ts" if line.is_npm else "*.py"
+    out = ugit(line, "diff", "--name-only", "--diff-filter=AM", BASE_TAG, "--", pattern)
     return out.split()
 
 
 def label(line: Line) -> str:
-    """PEP 440 local label: patch count plus a digest of the series' bytes."""
+    """The label: patch count plus a digest of the series' bytes.
+
+    Python: a PEP 440 local label (``1.8.9+rtretry.N.gDIGEST``). npm: a semver prerelease
+    (``1.9.0-rtretry.N.gDIGEST``, see ``version``).
+    """
     digest = hashlib.sha256()
     names = line.series()
     for name in names:
@@ -388,10 +511,21 @@ def label(line: Line) -> str:
     return f"{LABEL_PREFIX}.{len(names)}.g{digest.hexdigest()[:8]}"
 
 
+def version(line: Line) -> str:
+    """The forked packages' version.
+
+    npm: a semver *prerelease*, not build metadata: npm drops ``+build`` when it publishes and
+    ignores it when it resolves, so ``1.9.0+x`` would be indistinguishable from the registry's
+    1.9.0, while ``1.9.0-rtretry.N.g<digest>`` is its own version (ordered just below 1.9.0,
+    never picked by a ``^1.9.0`` range unless named exactly).
+    """
+    return f"{line.version}{'-' if line.is_npm else '+'}{label(line)}"
+
+
 def wheels(line: Line, out: Path, python: str) -> list[Path]:
     """Build labelled wheels with upstream's backend (hatchling via PyPA build)."""
     _require_tree(line)
-    if len(ugit("rev-list", f"{BASE_TAG}..HEAD").split()) != len(line.series()):
+    if len(ugit(line, "rev-list", f"{BASE_TAG}..HEAD").split()) != len(line.series()):
         raise PqError("the upstream tree does not hold the series; run `make apply`")
     version = f"{line.version}+{label(line)}"
     stage = ROOT / "build" / line.name / "stage"
@@ -485,8 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         line = load_line(args.line)
         if args.cmd == "fetch":
+            check = "integrity sha512" if line.is_npm else "sha256"
             for path in fetch(line).values():
-                print(f"pq: {path.name} sha256 ok", file=sys.stderr)
+                print(f"pq: {path.name} {check} ok", file=sys.stderr)
         elif args.cmd == "apply":
             apply(line, pristine=args.pristine, upto=args.upto, force=args.force)
         elif args.cmd == "export":
@@ -495,6 +630,12 @@ def main(argv: list[str] | None = None) -> int:
             check_export(line)
         elif args.cmd == "check-series":
             check_series(line)
+        elif args.cmd == "wheels" and line.is_npm:
+            import pq_npm
+
+            pq_npm.packages(line, args.out)
+            if not args.no_verify:
+                pq_npm.verify_packages(line, args.out)
         elif args.cmd == "wheels":
             wheels(line, args.out, args.python)
             if not args.no_verify:
@@ -502,10 +643,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "touched":
             print("\n".join(touched(line)))
         elif args.cmd == "label":
-            print(f"{line.version}+{label(line)}")
+            print(version(line))
         elif args.cmd == "git":
-            cmd = ["git", f"--git-dir={GIT_DIR}", f"--work-tree={ROOT}", *args.args]
-            return subprocess.call(cmd, cwd=ROOT)
+            return subprocess.call(git_cmd(line, *args.args), cwd=line.work_tree)
     except PqError as e:
         print(f"pq: error: {e}", file=sys.stderr)
         return 1

@@ -5,10 +5,11 @@ See the package docstring for the vocabulary table.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 # ---------------------------------------------------------------------------------------------
 # normal behaviour
@@ -366,3 +367,101 @@ def random_faults(
     rng = random.Random(seed)
     chosen = fault if fault is not None else FailResponse()
     return {n: chosen for n in range(1, count + 1) if rng.random() < p}
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON form (for the CLI, ``python -m tests.realtime_emulator --plan '<json>'``)
+# ---------------------------------------------------------------------------------------------
+
+
+def _plan_types() -> dict[str, type]:
+    """Every plan dataclass of this module by name (looked up at call time, so a fault added
+    to the vocabulary is in the JSON form at once)."""
+    return {
+        name: obj
+        for name, obj in globals().items()
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj is not FaultPlan
+    }
+
+
+# the discriminator of a plan dataclass in JSON ("kind" and "type" are fields of some faults)
+_TAG = "fault"
+
+
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {_TAG: type(value).__name__}
+        for f in dataclasses.fields(value):
+            out[f.name] = _to_json(getattr(value, f.name))
+        return out
+    if isinstance(value, tuple | list):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any, *, default_kind: str | None = None) -> Any:
+    if isinstance(value, list):
+        return tuple(_from_json(v, default_kind=default_kind) for v in value)
+    if not isinstance(value, Mapping):
+        return value
+    fields = dict(value)
+    kind = fields.pop(_TAG, default_kind)
+    types = _plan_types()
+    cls = types.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown fault kind {kind!r}; one of: {', '.join(sorted(types))}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(fields) - known
+    if unknown:
+        raise ValueError(f"{kind}: unknown field(s) {', '.join(sorted(unknown))}")
+    kwargs = {
+        k: _from_json(v, default_kind="RateLimit" if k == "rate_limits" else None)
+        for k, v in fields.items()
+    }
+    return cls(**kwargs)
+
+
+def fault_to_json(fault: Any) -> dict[str, Any]:
+    """``FailResponse(code="x")`` -> ``{"fault": "FailResponse", "code": "x", ...}`` (nested
+    faults and ``RateLimit`` entries likewise, tuples as lists)."""
+    return _to_json(fault)
+
+
+def fault_from_json(obj: Mapping[str, Any]) -> Any:
+    """The inverse of ``fault_to_json``; unknown kinds and fields raise ValueError.
+    ``rate_limits`` entries may leave out ``"fault": "RateLimit"``."""
+    return _from_json(obj)
+
+
+def plan_to_json(plan: FaultPlan) -> dict[str, Any]:
+    """A FaultPlan as plain JSON data (response/connection numbers become string keys)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(plan):
+        value = getattr(plan, f.name)
+        if isinstance(value, Mapping):
+            out[f.name] = {str(n): _to_json(v) for n, v in value.items()}
+        else:
+            out[f.name] = _to_json(value)
+    return out
+
+
+def plan_from_json(obj: Mapping[str, Any]) -> FaultPlan:
+    """The inverse of ``plan_to_json``; every key is optional (``{}`` is the healthy plan).
+
+    Example: ``{"every_connection": {"fault": "RejectUpgrade", "status": 401}}``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(FaultPlan)}
+    unknown = set(obj) - set(fields)
+    if unknown:
+        raise ValueError(f"FaultPlan: unknown field(s) {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in ("responses", "connections"):
+            kwargs[key] = {int(n): _from_json(v) for n, v in value.items()}
+        elif key == "reply":
+            kwargs[key] = _from_json(value, default_kind="Reply")
+        elif key == "rate_limits":
+            kwargs[key] = _from_json(value, default_kind="RateLimit")
+        else:
+            kwargs[key] = _from_json(value)
+    return FaultPlan(**kwargs)

@@ -1,0 +1,186 @@
+// Regression tests for livekit/agents-js#934 (../shared/seeds/002_*.txt) on the agents-js line:
+// one per reported symptom, against the project's emulator on 127.0.0.1. Each asserts the
+// correct behaviour, so each fails on pristine 1.9.0 (`make js-pristine-check`) with an
+// AssertionError that names the symptom, and passes on the patched build.
+import { type llm, voice } from '@livekit/agents';
+import * as openai from '@livekit/agents-plugin-openai';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Emulator, type FaultPlan, ProcessGuard, sleep } from './emulator.js';
+
+interface Opened {
+  emu: Emulator;
+  session: openai.realtime.RealtimeSession;
+  errors: llm.RealtimeModelError[];
+}
+
+let guard: ProcessGuard;
+const cleanups: (() => Promise<void>)[] = [];
+
+beforeEach(() => {
+  guard = new ProcessGuard().install();
+});
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  guard.uninstall();
+});
+
+async function open(
+  plan: FaultPlan,
+  {
+    maxRetry = 3,
+    retryIntervalMs = 50,
+    timeoutMs = 1000,
+    maxSessionDuration,
+  }: {
+    maxRetry?: number;
+    retryIntervalMs?: number;
+    timeoutMs?: number;
+    maxSessionDuration?: number;
+  } = {},
+): Promise<Opened> {
+  const emu = await Emulator.start(plan);
+  cleanups.push(() => emu.close());
+  const model = new openai.realtime.RealtimeModel({
+    baseURL: emu.httpUrl,
+    apiKey: emu.apiKey,
+    connOptions: { maxRetry, retryIntervalMs, timeoutMs },
+    ...(maxSessionDuration !== undefined ? { maxSessionDuration } : {}),
+  });
+  const session = model.session() as openai.realtime.RealtimeSession;
+  const errors: llm.RealtimeModelError[] = [];
+  session.on('error', (ev: llm.RealtimeModelError) => errors.push(ev));
+  cleanups.push(() => session.close());
+  return { emu, session, errors };
+}
+
+const fatal = (errors: llm.RealtimeModelError[]) => errors.filter((e) => !e.recoverable);
+
+/** Wait until the session reported a non-recoverable error, or the window ends. */
+async function settle(errors: llm.RealtimeModelError[], windowMs: number): Promise<void> {
+  const deadline = Date.now() + windowMs;
+  while (fatal(errors).length === 0 && Date.now() < deadline) await sleep(20);
+  await sleep(300); // anything that would still follow a terminal error
+}
+
+describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }, () => {
+  it.each([
+    ['rejected with HTTP 401', { every_connection: { fault: 'RejectUpgrade', status: 401 } }],
+    ['that hangs until the connect timeout', { every_connection: { fault: 'HangHandshake' } }],
+  ])('a handshake %s raises no uncaught error', async (_what, plan) => {
+    const { errors } = await open(plan as FaultPlan, { maxRetry: 1, timeoutMs: 300 });
+    await settle(errors, 2500);
+    expect(guard.uncaught, 'uncaught error on a failed handshake').toEqual([]);
+    expect(guard.unhandled, 'unhandled rejection on a failed handshake').toEqual([]);
+  });
+
+  it('a failed first handshake is retried and ends in one non-recoverable error', async () => {
+    const { emu, errors } = await open(
+      { every_connection: { fault: 'RejectUpgrade', status: 500 } },
+      { maxRetry: 2 },
+    );
+    await settle(errors, 3000);
+    const attempts = await emu.numConnections();
+    expect(attempts, 'the first handshake failure ended the session silently').toBe(3);
+    expect(fatal(errors).length, 'non-recoverable error events after max_retry').toBe(1);
+  });
+
+  it.each([
+    [401, 1],
+    [403, 1],
+    [429, 3],
+    [500, 3],
+  ])('handshake HTTP %i is classified (%i attempt(s) with max_retry=2)', async (status, want) => {
+    const { emu, errors } = await open(
+      { every_connection: { fault: 'RejectUpgrade', status } },
+      { maxRetry: 2 },
+    );
+    await settle(errors, 3000);
+    expect(await emu.numConnections(), `connection attempts after HTTP ${status}`).toBe(want);
+    expect(fatal(errors).length, `non-recoverable errors after HTTP ${status}`).toBe(1);
+    expect(errors.length, `error events after HTTP ${status}: one per failed attempt`).toBe(want);
+  });
+
+  it('accept-then-close gets max_retry+1 attempts, then one non-recoverable error', async () => {
+    const { emu, errors } = await open({ every_connection: { fault: 'AcceptThenClose' } });
+    await settle(errors, 3000);
+    const attempts = await emu.numConnections();
+    expect(attempts, 'reconnect storm: attempts under accept-then-close (max_retry=3)').toBe(4);
+    expect(fatal(errors).length, 'non-recoverable error events').toBe(1);
+    expect(errors.length, 'error events: one per failed attempt').toBe(4);
+  });
+
+  it('a server error followed by a close is one error, and the counter is not reset', async () => {
+    const { emu, errors } = await open(
+      { every_connection: { fault: 'ErrorThenClose', code: 'server_error' } },
+      { maxRetry: 2 },
+    );
+    await settle(errors, 3000);
+    const attempts = await emu.numConnections();
+    expect(attempts, 'attempts under error-then-close (max_retry=2)').toBe(3);
+    // one recoverable error per cause (the server error, not again for its close), then the
+    // one non-recoverable error that ends the session
+    const recoverable = errors.filter((e) => e.recoverable).length;
+    expect(recoverable, 'recoverable error events for 3 error-then-close causes').toBe(3);
+    expect(fatal(errors).length, 'non-recoverable error events').toBe(1);
+  });
+
+  it('the planned reconnect at maxSessionDuration is not an error', async () => {
+    const { emu, errors } = await open({}, { maxSessionDuration: 300 });
+    const reconnected = await emu.waitFor((r) => r.num_connections >= 3, { events: false });
+    expect(reconnected, 'the session reconnects at maxSessionDuration').toBeDefined();
+    expect(
+      errors.map((e) => e.error?.message),
+      'planned reconnects reported as errors',
+    ).toEqual([]);
+  });
+
+  it('client events after reconnects are not lost, and no listener piles up', async () => {
+    const { emu, session } = await open({}, { maxSessionDuration: 100 });
+    const reconnected = await emu.waitFor((r) => r.num_connections >= 13, {
+      timeoutMs: 8000,
+      events: false,
+    });
+    expect(reconnected, 'the session reconnects at maxSessionDuration').toBeDefined();
+    const ids = ['probe_1', 'probe_2', 'probe_3'];
+    for (const id of ids) {
+      session.sendEvent({
+        type: 'conversation.item.create',
+        item: { id, type: 'message', role: 'user', content: [{ type: 'input_text', text: 'x' }] },
+      } as never);
+    }
+    const got = await emu.waitFor(
+      (r) => ids.every((id) => r.events.some((e) => (e.data.item as { id?: string })?.id === id)),
+      { timeoutMs: 3000 },
+    );
+    const seen = got ? ids : [];
+    expect(seen, 'client events lost after reconnects').toEqual(ids);
+    expect(
+      guard.warnings.filter((w) => w.startsWith('MaxListenersExceededWarning')),
+      'listener growth per reconnect',
+    ).toEqual([]);
+  });
+
+  it('an AgentSession whose realtime model cannot connect closes, with one error', async () => {
+    const emu = await Emulator.start({ every_connection: { fault: 'RejectUpgrade', status: 500 } });
+    cleanups.push(() => emu.close());
+    const model = new openai.realtime.RealtimeModel({
+      baseURL: emu.httpUrl,
+      apiKey: emu.apiKey,
+      connOptions: { maxRetry: 2, retryIntervalMs: 50, timeoutMs: 1000 },
+    });
+    const session = new voice.AgentSession({ llm: model });
+    const closed: unknown[] = [];
+    const errors: voice.ErrorEvent[] = [];
+    session.on(voice.AgentSessionEventTypes.Close, (ev) => closed.push(ev));
+    session.on(voice.AgentSessionEventTypes.Error, (ev) => errors.push(ev));
+    cleanups.push(() => session.close());
+    await session.start({ agent: new voice.Agent({ instructions: 'You are a test agent.' }) });
+
+    const deadline = Date.now() + 5000;
+    while (closed.length === 0 && Date.now() < deadline) await sleep(20);
+    expect(closed.length, 'the AgentSession never closed after the connection failed').toBe(1);
+    const fatalErrors = errors.filter((e) => !e.error.recoverable);
+    expect(fatalErrors.length, 'non-recoverable session error events').toBe(1);
+  });
+});

@@ -1,0 +1,18 @@
+// Vitest for the build workspace: upstream's settings (root vitest.config.ts of agents-js),
+// plus the rtretry regression tests copied to rtretry-tests/.
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  define: {
+    __PACKAGE_VERSION__: JSON.stringify(process.env.npm_package_version ?? '0.0.0-test'),
+    __PACKAGE_NAME__: JSON.stringify('@livekit/agents-plugin-openai'),
+  },
+  test: {
+    include: ['**/*.test.ts'],
+    exclude: ['**/node_modules/**', '**/dist/**'],
+    name: 'nodejs',
+    environment: 'node',
+    testTimeout: 5_000,
+    setupFiles: ['./vitest.setup.ts'],
+  },
+});
