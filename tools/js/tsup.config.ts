@@ -1,49 +1,47 @@
-// The agents-js monorepo's shared tsup options (its root tsup.config.ts), restated for the
-// build workspace tools/pq_npm.py sets up: ESM + CJS, unbundled, one output file per source.
+// Build of the forked agents-js packages (tools/pq_npm.py runs tsup once per package, in the
+// package's directory). What the published tarballs contain: every source file compiled on its
+// own (no bundling), as ESM (.js) and CommonJS (.cjs); declarations come from
+// `tsc --emitDeclarationOnly`.
 import { readFileSync } from 'fs';
 import { join } from 'path';
 import type { Options } from 'tsup';
 
-const pkg = JSON.parse(readFileSync(join(process.cwd(), 'package.json'), 'utf-8'));
+const pkg = JSON.parse(readFileSync(join(process.cwd(), 'package.json'), 'utf-8')) as {
+  name: string;
+  version: string;
+};
 
-const defaultOptions: Options = {
+// The sources import each other as './x.js'. In the CommonJS output those files are './x.cjs':
+// point relative `.js` specifiers (require, import(), from) there.
+const RELATIVE_JS = /(require\(|import\(|from\s*)(['"])(\.{1,2}\/[^'"]*?)\.js\2/g;
+
+const options: Options = {
   entry: ['src/**/*.ts'],
-  format: ['cjs', 'esm'],
-  splitting: false,
-  sourcemap: true,
-  // declarations come from `tsc --emitDeclarationOnly` (tools/pq_npm.py)
-  dts: false,
-  clean: true,
-  target: 'node16',
+  format: ['esm', 'cjs'],
   bundle: false,
+  splitting: false,
   shims: true,
+  sourcemap: true,
+  clean: true,
+  dts: false,
+  target: 'node16',
+  // the packages read their own name and version at run time
   define: {
     __PACKAGE_NAME__: JSON.stringify(pkg.name),
     __PACKAGE_VERSION__: JSON.stringify(pkg.version),
   },
-  esbuildOptions: (options, context) => {
-    if (context.format === 'esm') {
-      options.packages = 'external';
-    }
+  esbuildOptions(esbuild, { format }) {
+    if (format === 'esm') esbuild.packages = 'external';
   },
   plugins: [
     {
-      // local imports of a `.cjs` file point at `.cjs` files (as upstream's fix-cjs-imports)
-      name: 'fix-cjs-imports',
+      name: 'relative-cjs-specifiers',
       renderChunk(code) {
-        if (this.format === 'cjs') {
-          const regexCjs = /require\((?<quote>['"])(?<import>\.[^'"]+)\.js['"]\)/g;
-          const regexDynamic = /import\((?<quote>['"])(?<import>\.[^'"]+)\.js['"]\)/g;
-          const regexEsm = /from(?<space>[\s]*)(?<quote>['"])(?<import>\.[^'"]+)\.js['"]/g;
-          return {
-            code: code
-              .replace(regexCjs, 'require($<quote>$<import>.cjs$<quote>)')
-              .replace(regexDynamic, 'import($<quote>$<import>.cjs$<quote>)')
-              .replace(regexEsm, 'from$<space>$<quote>$<import>.cjs$<quote>'),
-          };
-        }
+        if (this.format !== 'cjs') return;
+        return { code: code.replace(RELATIVE_JS, '$1$2$3.cjs$2') };
       },
     },
   ],
 };
-export default defaultOptions;
+
+export default options;
