@@ -1,5 +1,5 @@
-// Vitest for the build workspace: upstream's settings (root vitest.config.ts of agents-js),
-// plus the rtretry regression tests copied to rtretry-tests/.
+// Vitest for the build workspace: the node environment and timeouts the agents-js tests are
+// written for, plus the rtretry regression tests copied to rtretry-tests/.
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
