@@ -343,7 +343,16 @@ async def _settle(emus: list[RealtimeEmulator], h: SessionHarness, handles: list
     while time.monotonic() < deadline:
         await asyncio.sleep(0.02)
         now, current = time.monotonic(), _signature(emus, h, handles)
-        busy = any(e.has_active_response for e in emus) or not all(x.done() for x in handles)
+        busy = (
+            any(e.has_active_response for e in emus)
+            or not all(x.done() for x in handles)
+            # a hung handshake changes nothing until the client's connect timeout fires
+            or any(
+                c.outcome == "hung" and now - c.t < CONN_TIMEOUT + QUIET
+                for e in emus
+                for c in e.connections
+            )
+        )
         if current != last:
             last, since = current, now
         elif not busy and now - since >= QUIET:

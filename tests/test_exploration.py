@@ -37,6 +37,7 @@ from .realtime_emulator import (
     AcceptThenClose,
     FailResponse,
     FaultPlan,
+    FunctionCall,
     Incomplete,
     RejectCreate,
     RejectUpgrade,
@@ -194,6 +195,18 @@ FINDINGS: dict[str, tuple[Example, str | None]] = {
         "history_agrees_with_server (racy, about 1 run in 3): a close without draining just "
         "after the reply started keeps an item the client deleted on the server in the local "
         "history (pristine does the same)",
+    ),
+    "tool_call_despite_tool_choice_none": (
+        Example(
+            max_retry=0,
+            plan=FaultPlan(
+                responses={1: FunctionCall(name="lookup_weather", arguments='{"city": "Paris"}')}
+            ),
+            steps=(Step(GenerateReply(tool_choice="none")),),
+        ),
+        "speech_ends_with_reply_or_exception: a response that calls a tool although the turn "
+        "asked for tool_choice='none' ends the speech with no reply and no error (pristine "
+        "does the same)",
     ),
     "update_chat_ctx_cancelled_never_retrieved": (
         Example(
