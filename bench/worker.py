@@ -252,8 +252,9 @@ async def suite_memory(cycles: int) -> dict[str, Any]:
                     heavy = _heavy_refs(new)
                 del events[base_len:]
                 del new
-                # the harness' own list of the same error events (a test-side listener)
+                # the harness' own lists of the same events (test-side listeners)
                 h.errors.clear()
+                h.timeline.clear()
                 without = _client_bytes()
                 record_total += with_record - without
                 xs.append(emu.num_connections - base_conn)

@@ -35,6 +35,7 @@ from .exploration import (
 )
 from .realtime_emulator import (
     AcceptThenClose,
+    ErrorThenClose,
     FailResponse,
     FaultPlan,
     FunctionCall,
@@ -195,6 +196,24 @@ FINDINGS: dict[str, tuple[Example, str | None]] = {
         "history_agrees_with_server (racy, about 1 run in 3): a close without draining just "
         "after the reply started keeps an item the client deleted on the server in the local "
         "history (pristine does the same)",
+    ),
+    "engine_give_up_under_fallback": (
+        Example(
+            max_retry=0,
+            plan=FaultPlan(connections={1: ErrorThenClose(code="server_error")}),
+            fallback=FaultPlan(),
+            steps=_REPLY,
+        ),
+        None,  # the engine's give-up, made recoverable by the adapter's failover (contract 6)
+    ),
+    "exhausted_turn_under_fallback": (
+        Example(
+            max_retry=0,
+            plan=FaultPlan(responses={1: RejectCreate(code="rate_limit_exceeded")}),
+            fallback=FaultPlan(),
+            steps=_REPLY,
+        ),
+        None,  # the turn's error is recoverable once the adapter took over (contract 6)
     ),
     "tool_call_despite_tool_choice_none": (
         Example(
