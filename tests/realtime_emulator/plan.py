@@ -192,6 +192,20 @@ class CloseMidStream:
     after_audio_deltas: int = 1
 
 
+# what a response can do, but for a rate_limits.updated before it (RateLimitsBefore wraps one)
+_PlainResponseFault = (
+    Reply
+    | FailResponse
+    | RejectCreate
+    | FunctionCall
+    | CloseAfterCreated
+    | NoAnswer
+    | Malformed
+    | Incomplete
+    | CloseMidStream
+)
+
+
 @dataclass(frozen=True)
 class RateLimitsBefore:
     """A ``rate_limits.updated`` event as soon as the ``response.create`` arrives, then ``then``.
@@ -209,36 +223,14 @@ class RateLimitsBefore:
     rate_limits: tuple[RateLimit, ...] = (
         RateLimit(name="requests", limit=1000, remaining=0, reset_seconds=0.5),
     )
-    then: (
-        Reply
-        | FailResponse
-        | RejectCreate
-        | FunctionCall
-        | CloseAfterCreated
-        | NoAnswer
-        | Malformed
-        | Incomplete
-        | CloseMidStream
-        | None
-    ) = None
+    then: _PlainResponseFault | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.then, RateLimitsBefore):
             raise TypeError("RateLimitsBefore(then=RateLimitsBefore(...)) is not a plan item")
 
 
-ResponseFault = (
-    Reply
-    | FailResponse
-    | RejectCreate
-    | FunctionCall
-    | CloseAfterCreated
-    | NoAnswer
-    | Malformed
-    | Incomplete
-    | CloseMidStream
-    | RateLimitsBefore
-)
+ResponseFault = _PlainResponseFault | RateLimitsBefore
 
 # ---------------------------------------------------------------------------------------------
 # connection faults, keyed by connection attempt number
