@@ -83,8 +83,8 @@ $(PRISTINE_VENV)/.ok: upstream/$(LINE).toml requirements/test.txt
 venv-pristine: $(PRISTINE_VENV)/.ok ## .venv-pristine: unpatched upstream (the verified sdists)
 
 lint: venv ## ruff (upstream's config) over our code, and over the files the series touches
-	$(VENV)/bin/ruff check tests tools bench
-	$(VENV)/bin/ruff format --check tests tools bench
+	$(VENV)/bin/ruff check testbed tools bench
+	$(VENV)/bin/ruff format --check testbed tools bench
 	$(PQ) touched | xargs -r $(VENV)/bin/ruff check --config pyproject.toml
 	$(PQ) touched | xargs -r $(VENV)/bin/ruff format --check --config pyproject.toml
 
@@ -159,7 +159,7 @@ $(EMU_VENV)/.ok: requirements/emulator.txt
 
 venv-emulator: $(EMU_VENV)/.ok ## the emulator as a process for the JS tests (aiohttp only)
 
-js-lint: js-packages ## upstream's prettier config over the JS series' added lines and tests/js
+js-lint: js-packages ## upstream's prettier config over the JS series' added lines and testbed/js
 	$(JSNPM) prettier
 
 js-upstream-tests: js-packages venv-emulator ## upstream's shipped realtime vitest tests, patched and pristine
