@@ -38,6 +38,7 @@ def scratch(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "tools", root / "tools", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "upstream", root / "upstream")
     shutil.copytree(REPO / "patches" / LINE, root / "patches" / LINE)
+    shutil.copy2(REPO / ".gitignore", root / ".gitignore")  # it hides the generated folders
     (root / ".cache" / "sdist").mkdir(parents=True)
     (root / ".cache" / "sdist" / LINE).symlink_to(CACHE)
     return root
@@ -129,3 +130,36 @@ def test_label_is_derived_from_the_series(scratch: Path) -> None:
     first = sorted((scratch / "patches" / LINE).glob("*.patch"))[0]
     first.write_text(first.read_text().replace("Forwarded: not-yet", "Forwarded: elsewhere"))
     assert _pq(scratch, "label").stdout.strip() != label
+
+
+def test_generated_tests_folder_is_tracked_and_new_files_are_not_lost(scratch: Path) -> None:
+    assert _pq(scratch, "apply").returncode == 0
+    # the pin's monorepo_dirs: an empty tests/ at the base, tracked by the tree's git
+    assert (scratch / "tests").is_dir()
+    exclude = (scratch / ".pq" / "git" / "info" / "exclude").read_text().split()
+    assert "!/tests/" in exclude
+    new = scratch / "tests" / "test_new.py"
+    new.write_text("def test_new() -> None:\n    pass\n")
+    refused = _pq(scratch, "apply")
+    assert refused.returncode == 1
+    assert "tests/test_new.py" in refused.stderr and "git add -f" in refused.stderr
+    assert new.exists()
+    assert _pq(scratch, "git", "add", "-f", "tests/test_new.py").returncode == 0
+    commit = _pq(scratch, "git", "commit", "-q", "-m", "test: a travelling test")
+    assert commit.returncode == 0, commit.stderr
+    assert _pq(scratch, "export").returncode == 0
+    assert "tests/test_new.py" in _pq(scratch, "touched").stdout.split()
+    assert _pq(scratch, "apply").returncode == 0
+    assert new.exists()  # it travels in the patch now
+
+
+def test_apply_refuses_to_delete_a_folder_this_repository_tracks(scratch: Path) -> None:
+    (scratch / "tests").mkdir()
+    (scratch / "tests" / "ours.py").write_text("")
+    git = ["git", "-C", str(scratch), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-f", "tests/ours.py"], check=True)
+    proc = _pq(scratch, "apply")
+    assert proc.returncode == 1
+    assert "tests/ holds files tracked by this repository" in proc.stderr
+    assert (scratch / "tests" / "ours.py").exists()

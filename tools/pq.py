@@ -7,7 +7,9 @@ the monorepo layout and back again. A line is one of two kinds (``kind`` in the 
 
 - ``pypi`` (the default, e.g. ``1.8.9``): sdists from PyPI, laid out at the livekit/agents
   paths (``livekit-agents/``, ``livekit-plugins/livekit-plugins-openai/``) in this repo's root;
-  the tree's git directory is ``.pq/git``.
+  the tree's git directory is ``.pq/git``. The pin file's ``monorepo_dirs`` (``["tests"]``)
+  adds monorepo folders no sdist carries: ``tests/`` holds the tests that travel inside the
+  patches (our own test bed is ``testbed/``).
 - ``npm`` (e.g. ``js-1.9.0``): tarballs from the npm registry (``npm pack``, integrity
   sha512 checked), laid out at the livekit/agents-js paths (``agents/``, ``plugins/openai/``)
   under one generated folder (``tree``, e.g. ``agents-js/``); its git directory is
@@ -112,6 +114,9 @@ class Line:
     kind: str = "pypi"
     tree: str = ""
     """npm lines: the generated folder (relative to ROOT) that holds the monorepo paths"""
+    monorepo_dirs: tuple[str, ...] = ()
+    """monorepo folders no package carries but the series writes to (e.g. ``tests``, where the
+    tests that travel with each patch live); empty at the ``upstream`` commit"""
 
     @property
     def is_npm(self) -> bool:
@@ -137,7 +142,7 @@ class Line:
     @property
     def top_dirs(self) -> list[str]:
         """Top-level monorepo folders the generated git tracks."""
-        top = {Path(pkg.path).parts[0] for pkg in self.packages}
+        top = {Path(pkg.path).parts[0] for pkg in self.packages} | set(self.monorepo_dirs)
         if self.is_npm:
             top.add(".changeset")  # agents-js: every change carries a changeset entry
         return sorted(top)
@@ -178,7 +183,21 @@ def load_line(name: str) -> Line:
     tree = data.get("tree", "")
     if kind == "npm" and not tree:
         raise PqError(f"upstream/{name}.toml: an npm line needs `tree` (its generated folder)")
-    return Line(name=name, version=data["version"], packages=packages, kind=kind, tree=tree)
+    extra = data.get("monorepo_dirs", [])
+    if not isinstance(extra, list) or not all(
+        isinstance(d, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", d) for d in extra
+    ):
+        raise PqError(
+            f"upstream/{name}.toml: monorepo_dirs must list top-level folder names, not {extra!r}"
+        )
+    return Line(
+        name=name,
+        version=data["version"],
+        packages=packages,
+        kind=kind,
+        tree=tree,
+        monorepo_dirs=tuple(extra),
+    )
 
 
 def run(
@@ -298,6 +317,25 @@ def _tree_digest(line: Line) -> str:
         return digest.hexdigest()
 
 
+# what tools leave in the generated tree (compileall, pytest, mypy, ruff): never the user's work
+_SCRATCH_PATTERNS = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/")
+
+
+def untracked(line: Line) -> list[str]:
+    """New files under the generated tree's monorepo folders that its git does not track.
+
+    ``git status`` does not show them for a pypi line: the generated folders share this
+    repository's root, whose ``.gitignore`` ignores them, and a work tree's ``.gitignore`` wins
+    over the tree's own ``info/exclude``. ``ls-files --others`` without ``--exclude-standard``
+    sees past every ignore file, so a new test file is never lost to ``apply``.
+    """
+    present = [name for name in line.top_dirs if (line.work_tree / name).exists()]
+    if not present or not line.git_dir.exists():
+        return []
+    excludes = [f"--exclude={pattern}" for pattern in _SCRATCH_PATTERNS]
+    return ugit(line, "ls-files", "--others", *excludes, "--", *present, check=False).split()
+
+
 def _guard_unsaved_work(line: Line, force: bool) -> None:
     """Refuse to throw away edits or commits that were not exported to patches/."""
     if force or not line.git_dir.exists() or not (line.state_dir / "applied").exists():
@@ -307,6 +345,14 @@ def _guard_unsaved_work(line: Line, force: bool) -> None:
             "the upstream tree has uncommitted edits; commit them (`tools/pq.py git commit`) "
             "and `make export`, or pass --force to discard them"
         )
+    if new := untracked(line):
+        raise PqError(
+            "the upstream tree has new files its git does not track: "
+            + ", ".join(new[:10])
+            + (" ..." if len(new) > 10 else "")
+            + "; add them (`tools/pq.py git add -f <file>`: this repository's .gitignore hides "
+            "the generated folders), commit and `make export`, or pass --force to discard them"
+        )
     if _tree_digest(line) != (line.state_dir / "applied").read_text().strip():
         raise PqError(
             f"the upstream tree ({_tree_state(line)}) has commits that were never exported; "
@@ -314,8 +360,31 @@ def _guard_unsaved_work(line: Line, force: bool) -> None:
         )
 
 
+def _refuse_own_files(line: Line) -> None:
+    """A generated folder of a pypi line must not hold files this repository tracks.
+
+    The folders live in this repository's root and are deleted by every apply; a folder named
+    in ``monorepo_dirs`` that is also ours (``tests/`` before the test bed moved to
+    ``testbed/``) would lose our files.
+    """
+    if line.is_npm:
+        return
+    names = [name for name in line.top_dirs if (ROOT / name).exists()]
+    if not names:
+        return
+    proc = run(["git", "-C", str(ROOT), "ls-files", "--", *names], check=False)
+    if proc.returncode == 0 and proc.stdout.strip():
+        ours = sorted({Path(p).parts[0] for p in proc.stdout.split()})
+        raise PqError(
+            f"{', '.join(n + '/' for n in ours)} holds files tracked by this repository, but "
+            f"upstream/{line.name}.toml makes it a generated folder that apply deletes; "
+            "move our files elsewhere (git mv) first"
+        )
+
+
 def _materialise(line: Line, sdists: dict[str, Path]) -> None:
     tree = line.work_tree
+    _refuse_own_files(line)
     if line.is_npm:
         if tree.exists():
             shutil.rmtree(tree)  # the whole folder is generated
@@ -334,6 +403,8 @@ def _materialise(line: Line, sdists: dict[str, Path]) -> None:
 
     # the monorepo has no build output in git: an npm tarball's prebuilt dist/ is left out
     lay_out(line, sdists, tree, with_dist=False)
+    for name in line.monorepo_dirs:
+        (tree / name).mkdir(parents=True, exist_ok=True)  # empty until a patch adds to it
 
     run(["git", "init", "-q", "--bare", str(line.git_dir)])
     ugit(line, "config", "core.bare", "false")
@@ -442,6 +513,12 @@ def _require_tree(line: Line) -> None:
         raise PqError(f"no generated tree for line {line.name}; run `make apply LINE={line.name}`")
     if ugit(line, "status", "--porcelain").strip():
         raise PqError("the upstream tree has uncommitted edits; commit them first")
+    if new := untracked(line):
+        raise PqError(
+            "the upstream tree has new files its git does not track: "
+            + ", ".join(new[:10])
+            + "; add them with `tools/pq.py git add -f <file>` and commit them first"
+        )
 
 
 def export(line: Line) -> None:
