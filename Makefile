@@ -46,8 +46,8 @@ export: ## rewrite patches/$(LINE)/ from the commits in the generated tree
 check-export: ## apply + export must leave patches/$(LINE)/ byte-identical
 	$(PQ) check-export
 
-check-series: ## every prefix of the series applies and compiles (bisectable)
-	$(PQ) check-series
+check-series: venv ## every prefix applies, compiles, passes its travelling tests; each patch's tests fail without it
+	$(PQ) check-series --python $(VENV)/bin/python
 
 PATCHES      := upstream/$(LINE).toml patches/$(LINE)/series $(wildcard patches/$(LINE)/*.patch)
 WHEELS_STAMP := dist/.built-$(LINE)
@@ -121,7 +121,7 @@ else
 	  --patched $(VENV)/bin/python --explained upstream/$(LINE)-suite.txt --out build/upstream-suite
 endif
 
-test: lint typecheck pristine-check review-check check-export pytest upstream-suite js-test ## all that CI runs (both lines)
+test: lint typecheck pristine-check review-check check-export check-series pytest upstream-suite js-test ## all that CI runs (both lines)
 
 bench: venv venv-pristine js-bench ## pristine vs patched bench + soak (both lines); bench/REPORT.md, results/
 	$(VENV)/bin/pip install -q -r requirements/bench.txt

@@ -163,3 +163,73 @@ def test_apply_refuses_to_delete_a_folder_this_repository_tracks(scratch: Path) 
     assert proc.returncode == 1
     assert "tests/ holds files tracked by this repository" in proc.stderr
     assert (scratch / "tests" / "ours.py").exists()
+
+
+def _commit(root: Path, message: str, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        assert _pq(root, "git", "add", "-f", rel).returncode == 0
+    proc = _pq(root, "git", "commit", "-q", "-m", message)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_check_series_proves_each_patch_by_its_travelling_tests(scratch: Path) -> None:
+    """A small series written with the tool: a patch whose test fails without it, one whose
+    test passes without it, one that declares ``Tests: none``, and one with neither."""
+    folder = scratch / "patches" / LINE
+    for old in folder.glob("*.patch"):
+        old.unlink()
+    (folder / "series").write_text("")
+    shutil.copy2(REPO / "pyproject.toml", scratch / "pyproject.toml")  # upstream's pytest config
+    assert _pq(scratch, "apply").returncode == 0
+    probe = "livekit-agents/livekit/agents/_pq_probe.py"
+    _commit(
+        scratch,
+        "feat(agents): a probe\n\nBug: https://example.invalid/1\nForwarded: not-yet",
+        {
+            probe: "ANSWER = 42\n",
+            "tests/test_pq_probe.py": "import pytest\n\nfrom livekit.agents._pq_probe import "
+            "ANSWER\n\npytestmark = pytest.mark.unit\n\n\ndef test_answer() -> None:\n"
+            "    assert ANSWER == 42\n",
+        },
+    )
+    _commit(
+        scratch,
+        "fix(agents): a test that proves nothing\n\nForwarded: not-yet",
+        {
+            probe: "ANSWER = 42\nQUESTION = None\n",
+            "tests/test_pq_nothing.py": "def test_nothing() -> None:\n    assert True\n",
+        },
+    )
+    _commit(
+        scratch,
+        "docs(agents): a comment\n\nTests: none (a comment changes no behaviour)",
+        {probe: "# the answer\nANSWER = 42\nQUESTION = None\n"},
+    )
+    _commit(scratch, "fix(agents): untested", {probe: "ANSWER = 42\nQUESTION = 1\n"})
+    assert _pq(scratch, "export").returncode == 0
+
+    proc = _pq(scratch, "check-series", "--python", sys.executable)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = proc.stdout.splitlines()
+    assert len(report) == 4, proc.stdout
+    assert report[0] == (
+        "prefix 1/4 0001-feat-agents-a-probe: applies, compiles, 1 travelling tests pass; "
+        "its 1 tests fail without it (1 failed)"
+    )
+    assert report[1].endswith("2 travelling tests pass; ERROR: its 1 tests pass without it")
+    assert report[2].endswith(
+        "2 travelling tests pass; no tests of its own (Tests: none (a comment changes no "
+        "behaviour))"
+    )
+    assert "ERROR: no travelling tests and no `Tests: none (<reason>)` line" in report[3]
+    # the probe module exists only in the generated tree: the tests imported the tree, not
+    # the wheels installed in the venv
+    assert "importing livekit.agents from livekit-agents/" in proc.stderr
+    assert "2 problem(s)" in proc.stderr
+    assert "0002-fix-agents-a-test-that-proves-nothing: its tests pass without it" in proc.stderr
+    assert "0004-fix-agents-untested: no test file under tests/" in proc.stderr
+    # the tree is left with the whole series applied
+    assert (scratch / "tests" / "test_pq_nothing.py").exists()
