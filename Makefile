@@ -46,8 +46,8 @@ export: ## rewrite patches/$(LINE)/ from the commits in the generated tree
 check-export: ## apply + export must leave patches/$(LINE)/ byte-identical
 	$(PQ) check-export
 
-check-series: ## every prefix of the series applies and compiles (bisectable)
-	$(PQ) check-series
+check-series: venv ## every prefix applies, compiles, passes its travelling tests; each patch's tests fail without it
+	$(PQ) check-series --python $(VENV)/bin/python
 
 PATCHES      := upstream/$(LINE).toml patches/$(LINE)/series $(wildcard patches/$(LINE)/*.patch)
 WHEELS_STAMP := dist/.built-$(LINE)
@@ -83,8 +83,8 @@ $(PRISTINE_VENV)/.ok: upstream/$(LINE).toml requirements/test.txt
 venv-pristine: $(PRISTINE_VENV)/.ok ## .venv-pristine: unpatched upstream (the verified sdists)
 
 lint: venv ## ruff (upstream's config) over our code, and over the files the series touches
-	$(VENV)/bin/ruff check tests tools bench
-	$(VENV)/bin/ruff format --check tests tools bench
+	$(VENV)/bin/ruff check testbed tools bench
+	$(VENV)/bin/ruff format --check testbed tools bench
 	$(PQ) touched | xargs -r $(VENV)/bin/ruff check --config pyproject.toml
 	$(PQ) touched | xargs -r $(VENV)/bin/ruff format --check --config pyproject.toml
 
@@ -121,7 +121,7 @@ else
 	  --patched $(VENV)/bin/python --explained upstream/$(LINE)-suite.txt --out build/upstream-suite
 endif
 
-test: lint typecheck pristine-check review-check check-export pytest upstream-suite js-test ## all that CI runs (both lines)
+test: lint typecheck pristine-check review-check check-export check-series pytest upstream-suite js-test ## all that CI runs (both lines)
 
 bench: venv venv-pristine js-bench ## pristine vs patched bench + soak (both lines); bench/REPORT.md, results/
 	$(VENV)/bin/pip install -q -r requirements/bench.txt
@@ -159,7 +159,7 @@ $(EMU_VENV)/.ok: requirements/emulator.txt
 
 venv-emulator: $(EMU_VENV)/.ok ## the emulator as a process for the JS tests (aiohttp only)
 
-js-lint: js-packages ## upstream's prettier config over the JS series' added lines and tests/js
+js-lint: js-packages ## upstream's prettier config over the JS series' added lines and testbed/js
 	$(JSNPM) prettier
 
 js-upstream-tests: js-packages venv-emulator ## upstream's shipped realtime vitest tests, patched and pristine

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """``make chaos``: a long, randomized fault exploration; writes bench/CHAOS.md and raw JSON.
 
-Runs ``tests/exploration.py`` examples (family ``all``: every action, every fault, every
+Runs ``testbed/exploration.py`` examples (family ``all``: every action, every fault, every
 session variant) with Hypothesis, randomized, in rounds of ``--round-examples`` until
 ``--minutes`` have passed, on the interpreter that runs it (the patched venv). Every invariant
 is checked after every example. A violated invariant is raised as its own exception type, so
@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 from livekit.agents import __version__  # noqa: E402
-from tests import exploration  # noqa: E402
-from tests.exploration import INVARIANTS, Example, Violation  # noqa: E402
+from testbed import exploration  # noqa: E402
+from testbed.exploration import INVARIANTS, Example, Violation  # noqa: E402
 
 _ERRORS = {name: type(f"Violated_{name}", (AssertionError,), {}) for name in INVARIANTS}
 
@@ -165,7 +165,7 @@ def render(raw: dict[str, Any], out: Path, raw_path: Path) -> None:
         f"{raw['violating_examples']} examples violated at least one. "
         f"Raw: `{_rel(raw_path)}`.",
         "",
-        "Examples are drawn by `tests/exploration.py` (`examples('all')`): session variants "
+        "Examples are drawn by `testbed/exploration.py` (`examples('all')`): session variants "
         "(`max_retry` 0/1/3, with or without `RealtimeModelFallbackAdapter` over two "
         "emulators), every fault of the emulator's vocabulary per response and per connection, "
         "and user steps. The invariants are defined in the module docstring. Counts include "
@@ -195,13 +195,13 @@ def render(raw: dict[str, Any], out: Path, raw_path: Path) -> None:
             "",
             *[f"- {v}" for v in f["violations"]],
         ]
-    from tests.test_exploration import FINDINGS
+    from testbed.test_exploration import FINDINGS
 
     lines += [
         "",
         "## Named findings",
         "",
-        "Each failure found so far is a named test, `tests/test_exploration.py::test_finding`, "
+        "Each failure found so far is a named test, `testbed/test_exploration.py::test_finding`, "
         "with its shrunk example; the reason says which invariant it breaks and where the fix "
         "belongs (an issue-8 defect of the series, or upstream behaviour that pristine shares).",
         "",

@@ -581,7 +581,7 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
     lines += [
         "## Fault matrix",
         "",
-        "Generated from the scenarios in `tests/scenarios.py` (the ones the tests assert on). "
+        "Generated from the scenarios in `testbed/scenarios.py` (the ones the tests assert on). "
         "Each cell: pristine -> patched.",
         "",
         _row(["scenario", *cols]),

@@ -2,7 +2,7 @@
 
 Usage: ``<venv>/bin/python bench/worker.py <suite> '<json params>'``. The process imports the
 livekit-agents build installed in that venv and nothing else, and drives a real
-``AgentSession`` through the emulator of ``tests/``.
+``AgentSession`` through the emulator of ``testbed/``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from livekit.agents import __version__  # noqa: E402
-from tests.harness import SessionHarness  # noqa: E402
-from tests.realtime_emulator import (  # noqa: E402
+from testbed.harness import SessionHarness  # noqa: E402
+from testbed.realtime_emulator import (  # noqa: E402
     AcceptThenClose,
     CloseAfterCreated,
     CloseMidStream,
@@ -306,7 +306,7 @@ def _heavy_refs(roots: list[Any], limit: int = 20000) -> list[str]:
     return found
 
 
-_EMULATOR_FILES = str(ROOT / "tests" / "realtime_emulator" / "*")
+_EMULATOR_FILES = str(ROOT / "testbed" / "realtime_emulator" / "*")
 
 
 def _client_bytes() -> int:
@@ -358,7 +358,7 @@ def soak_fault(rng: random.Random) -> ResponseFault | None:
 
 
 async def _soak_session(index: int, turns: int, seed: int, out: dict[str, Any]) -> None:
-    from tests.exploration import failure_causes
+    from testbed.exploration import failure_causes
 
     rng = random.Random(seed * 1000 + index)
     horizon = turns * 4 + 16
@@ -464,7 +464,7 @@ async def suite_profile(turns: int) -> dict[str, Any]:
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     rows = []
     for (filename, line, name), (_cc, nc, tt, ct, _callers) in stats.items():
-        if "livekit" not in filename or "tests/" in filename:
+        if "livekit" not in filename or "testbed/" in filename:
             continue
         short = filename.split("site-packages/")[-1]
         rows.append(
@@ -480,7 +480,7 @@ async def suite_profile(turns: int) -> dict[str, Any]:
 
 
 async def suite_matrix() -> dict[str, Any]:
-    from tests import scenarios
+    from testbed import scenarios
 
     return {name: await scenarios.run(name) for name in scenarios.SCENARIOS}
 

@@ -7,7 +7,9 @@ the monorepo layout and back again. A line is one of two kinds (``kind`` in the 
 
 - ``pypi`` (the default, e.g. ``1.8.9``): sdists from PyPI, laid out at the livekit/agents
   paths (``livekit-agents/``, ``livekit-plugins/livekit-plugins-openai/``) in this repo's root;
-  the tree's git directory is ``.pq/git``.
+  the tree's git directory is ``.pq/git``. The pin file's ``monorepo_dirs`` (``["tests"]``)
+  adds monorepo folders no sdist carries: ``tests/`` holds the tests that travel inside the
+  patches (our own test bed is ``testbed/``).
 - ``npm`` (e.g. ``js-1.9.0``): tarballs from the npm registry (``npm pack``, integrity
   sha512 checked), laid out at the livekit/agents-js paths (``agents/``, ``plugins/openai/``)
   under one generated folder (``tree``, e.g. ``agents-js/``); its git directory is
@@ -19,7 +21,8 @@ Commands:
     apply          lay the sdists out in the monorepo paths and `git am` the series
     export         rewrite patches/<line>/ from the commits of the upstream tree
     check-export   apply, export to a scratch dir, and require byte-identical patches
-    check-series   apply the series one prefix at a time and byte-compile each step
+    check-series   apply the series one prefix at a time: it compiles, its travelling tests
+                   pass, and each patch's tests fail on the prefix before it
     wheels         build labelled wheels (npm line: labelled tarballs) into dist/, verify
     label          print the version label derived from the series (PEP 440 / semver)
     git            run git in the generated upstream tree (e.g. `pq git commit -a`)
@@ -112,6 +115,9 @@ class Line:
     kind: str = "pypi"
     tree: str = ""
     """npm lines: the generated folder (relative to ROOT) that holds the monorepo paths"""
+    monorepo_dirs: tuple[str, ...] = ()
+    """monorepo folders no package carries but the series writes to (e.g. ``tests``, where the
+    tests that travel with each patch live); empty at the ``upstream`` commit"""
 
     @property
     def is_npm(self) -> bool:
@@ -137,7 +143,7 @@ class Line:
     @property
     def top_dirs(self) -> list[str]:
         """Top-level monorepo folders the generated git tracks."""
-        top = {Path(pkg.path).parts[0] for pkg in self.packages}
+        top = {Path(pkg.path).parts[0] for pkg in self.packages} | set(self.monorepo_dirs)
         if self.is_npm:
             top.add(".changeset")  # agents-js: every change carries a changeset entry
         return sorted(top)
@@ -178,7 +184,21 @@ def load_line(name: str) -> Line:
     tree = data.get("tree", "")
     if kind == "npm" and not tree:
         raise PqError(f"upstream/{name}.toml: an npm line needs `tree` (its generated folder)")
-    return Line(name=name, version=data["version"], packages=packages, kind=kind, tree=tree)
+    extra = data.get("monorepo_dirs", [])
+    if not isinstance(extra, list) or not all(
+        isinstance(d, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", d) for d in extra
+    ):
+        raise PqError(
+            f"upstream/{name}.toml: monorepo_dirs must list top-level folder names, not {extra!r}"
+        )
+    return Line(
+        name=name,
+        version=data["version"],
+        packages=packages,
+        kind=kind,
+        tree=tree,
+        monorepo_dirs=tuple(extra),
+    )
 
 
 def run(
@@ -298,6 +318,25 @@ def _tree_digest(line: Line) -> str:
         return digest.hexdigest()
 
 
+# what tools leave in the generated tree (compileall, pytest, mypy, ruff): never the user's work
+_SCRATCH_PATTERNS = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/")
+
+
+def untracked(line: Line) -> list[str]:
+    """New files under the generated tree's monorepo folders that its git does not track.
+
+    ``git status`` does not show them for a pypi line: the generated folders share this
+    repository's root, whose ``.gitignore`` ignores them, and a work tree's ``.gitignore`` wins
+    over the tree's own ``info/exclude``. ``ls-files --others`` without ``--exclude-standard``
+    sees past every ignore file, so a new test file is never lost to ``apply``.
+    """
+    present = [name for name in line.top_dirs if (line.work_tree / name).exists()]
+    if not present or not line.git_dir.exists():
+        return []
+    excludes = [f"--exclude={pattern}" for pattern in _SCRATCH_PATTERNS]
+    return ugit(line, "ls-files", "--others", *excludes, "--", *present, check=False).split()
+
+
 def _guard_unsaved_work(line: Line, force: bool) -> None:
     """Refuse to throw away edits or commits that were not exported to patches/."""
     if force or not line.git_dir.exists() or not (line.state_dir / "applied").exists():
@@ -307,6 +346,14 @@ def _guard_unsaved_work(line: Line, force: bool) -> None:
             "the upstream tree has uncommitted edits; commit them (`tools/pq.py git commit`) "
             "and `make export`, or pass --force to discard them"
         )
+    if new := untracked(line):
+        raise PqError(
+            "the upstream tree has new files its git does not track: "
+            + ", ".join(new[:10])
+            + (" ..." if len(new) > 10 else "")
+            + "; add them (`tools/pq.py git add -f <file>`: this repository's .gitignore hides "
+            "the generated folders), commit and `make export`, or pass --force to discard them"
+        )
     if _tree_digest(line) != (line.state_dir / "applied").read_text().strip():
         raise PqError(
             f"the upstream tree ({_tree_state(line)}) has commits that were never exported; "
@@ -314,8 +361,31 @@ def _guard_unsaved_work(line: Line, force: bool) -> None:
         )
 
 
+def _refuse_own_files(line: Line) -> None:
+    """A generated folder of a pypi line must not hold files this repository tracks.
+
+    The folders live in this repository's root and are deleted by every apply; a folder named
+    in ``monorepo_dirs`` that is also ours (``tests/`` before the test bed moved to
+    ``testbed/``) would lose our files.
+    """
+    if line.is_npm:
+        return
+    names = [name for name in line.top_dirs if (ROOT / name).exists()]
+    if not names:
+        return
+    proc = run(["git", "-C", str(ROOT), "ls-files", "--", *names], check=False)
+    if proc.returncode == 0 and proc.stdout.strip():
+        ours = sorted({Path(p).parts[0] for p in proc.stdout.split()})
+        raise PqError(
+            f"{', '.join(n + '/' for n in ours)} holds files tracked by this repository, but "
+            f"upstream/{line.name}.toml makes it a generated folder that apply deletes; "
+            "move our files elsewhere (git mv) first"
+        )
+
+
 def _materialise(line: Line, sdists: dict[str, Path]) -> None:
     tree = line.work_tree
+    _refuse_own_files(line)
     if line.is_npm:
         if tree.exists():
             shutil.rmtree(tree)  # the whole folder is generated
@@ -334,6 +404,8 @@ def _materialise(line: Line, sdists: dict[str, Path]) -> None:
 
     # the monorepo has no build output in git: an npm tarball's prebuilt dist/ is left out
     lay_out(line, sdists, tree, with_dist=False)
+    for name in line.monorepo_dirs:
+        (tree / name).mkdir(parents=True, exist_ok=True)  # empty until a patch adds to it
 
     run(["git", "init", "-q", "--bare", str(line.git_dir)])
     ugit(line, "config", "core.bare", "false")
@@ -392,7 +464,12 @@ def _git_am(line: Line, names: list[str]) -> None:
 
 
 def apply(
-    line: Line, *, pristine: bool = False, upto: int | None = None, force: bool = False
+    line: Line,
+    *,
+    pristine: bool = False,
+    upto: int | None = None,
+    force: bool = False,
+    quiet: bool = False,
 ) -> None:
     """Generate the upstream tree and apply the series (or a prefix of it)."""
     sdists = fetch(line)
@@ -406,7 +483,8 @@ def apply(
     _git_am(line, names)
     (line.state_dir / "applied").write_text(_tree_digest(line) + "\n")
     what = "pristine" if pristine else f"{len(names)} patch(es)"
-    print(f"pq: upstream {line.version} laid out with {what} applied", file=sys.stderr)
+    if not quiet:
+        print(f"pq: upstream {line.version} laid out with {what} applied", file=sys.stderr)
 
 
 # --- export ------------------------------------------------------------------------------
@@ -442,6 +520,12 @@ def _require_tree(line: Line) -> None:
         raise PqError(f"no generated tree for line {line.name}; run `make apply LINE={line.name}`")
     if ugit(line, "status", "--porcelain").strip():
         raise PqError("the upstream tree has uncommitted edits; commit them first")
+    if new := untracked(line):
+        raise PqError(
+            "the upstream tree has new files its git does not track: "
+            + ", ".join(new[:10])
+            + "; add them with `tools/pq.py git add -f <file>` and commit them first"
+        )
 
 
 def export(line: Line) -> None:
@@ -470,18 +554,385 @@ def check_export(line: Line) -> None:
     print(f"pq: round-trip ok, {len(names)} patch(es) byte-identical", file=sys.stderr)
 
 
-def check_series(line: Line) -> None:
-    """Each prefix of the series applies and byte-compiles (npm: type-checks, builds, tests)."""
+# --- reading a patch ---------------------------------------------------------------------
+
+# Trailers that are about this queue, not about the change (DEP-3 style): they stay here and are
+# dropped from what goes upstream (`make pr`). Any other trailer (Co-authored-by, ...) is kept.
+QUEUE_TRAILERS = ("bug", "forwarded", "origin", "tests", "last-update", "applied-upstream")
+_TRAILER_RE = re.compile(r"([A-Za-z][A-Za-z0-9-]*):[ \t]")
+_TESTS_NONE_RE = re.compile(r"^Tests:[ \t]*none[ \t]*\((?P<reason>.+)\)[ \t]*$", re.M | re.I)
+_TEST_DEF_RE = re.compile(r"^\+[ \t]*(?:async[ \t]+)?def[ \t]+(test_\w+)[ \t]*\(")
+
+
+def _is_queue_trailer(key: str) -> bool:
+    key = key.lower()
+    return key in QUEUE_TRAILERS or key.startswith("bug-")
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One file of a patch: its path, A(dded)/M(odified)/D(eleted), and its +/- lines."""
+
+    path: str
+    status: str
+    added: tuple[str, ...]
+    removed: int
+
+    @property
+    def test_names(self) -> list[str]:
+        """The test functions this change adds (``def test_*`` on added lines)."""
+        return [m[1] for ln in self.added if (m := _TEST_DEF_RE.match("+" + ln))]
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A ``git format-patch`` file of the series, read without the generated tree.
+
+    ``lines`` are the file's lines with their line ends; ``message`` is ``lines[msg_start:sep]``
+    (the commit message body after the headers, up to the ``---`` that opens the diffstat) and
+    ``trailers`` the indices (into ``message``) of its final block of ``Key: value`` lines.
+    """
+
+    name: str
+    subject: str
+    lines: tuple[str, ...]
+    msg_start: int
+    sep: int
+    trailer_start: int
+    files: tuple[FileChange, ...]
+
+    @property
+    def stem(self) -> str:
+        return self.name.removesuffix(".patch")
+
+    @property
+    def number(self) -> str:
+        return self.name.split("-", 1)[0]
+
+    @property
+    def message(self) -> list[str]:
+        return list(self.lines[self.msg_start : self.sep])
+
+    def trailers(self) -> list[tuple[str, str]]:
+        """The trailer block as (key, value) pairs; continuation lines are joined."""
+        pairs: list[tuple[str, str]] = []
+        for raw in self.message[self.trailer_start :]:
+            text = raw.rstrip("\r\n")
+            if pairs and text[:1] in (" ", "\t"):
+                pairs[-1] = (pairs[-1][0], pairs[-1][1] + " " + text.strip())
+            elif m := _TRAILER_RE.match(text):
+                pairs.append((m[1], text[m.end() :].strip()))
+        return pairs
+
+    def trailer(self, key: str) -> list[str]:
+        return [v for k, v in self.trailers() if k.lower() == key.lower()]
+
+    def stripped_message(self) -> list[str]:
+        """The message without the queue's trailers (and without the blank line before an
+        emptied trailer block); every other line as it is."""
+        msg = self.message
+        body, block = msg[: self.trailer_start], msg[self.trailer_start :]
+        kept: list[str] = []
+        dropping = False
+        for raw in block:
+            if raw[:1] in (" ", "\t"):  # a continuation line goes with its trailer
+                if not dropping:
+                    kept.append(raw)
+                continue
+            m = _TRAILER_RE.match(raw)
+            dropping = bool(m and _is_queue_trailer(m[1]))
+            if not dropping:
+                kept.append(raw)
+        if not kept:
+            while body and not body[-1].strip():
+                body.pop()
+        return body + kept
+
+    def body_text(self) -> str:
+        """The commit message body as text, queue trailers removed."""
+        return "".join(self.stripped_message()).replace("\r\n", "\n").strip("\n")
+
+    def upstream_patch(self) -> str:
+        """The patch as it goes upstream: the queue's trailers removed, all else byte-identical."""
+        return "".join(
+            self.lines[: self.msg_start] + tuple(self.stripped_message()) + self.lines[self.sep :]
+        )
+
+    @property
+    def tests_none(self) -> str | None:
+        """The reason of a ``Tests: none (<reason>)`` line in the message, if there is one."""
+        m = _TESTS_NONE_RE.search("".join(self.message))
+        return m["reason"].strip() if m else None
+
+    @property
+    def standalone(self) -> str | None:
+        """The paragraph of the body that starts with ``Standalone:``, unwrapped."""
+        for para in re.split(r"\n[ \t]*\n", "".join(self.message[: self.trailer_start])):
+            para = para.strip()
+            if para.startswith("Standalone:"):
+                return " ".join(para.removeprefix("Standalone:").split())
+        return None
+
+    def test_files(self, line: Line) -> list[FileChange]:
+        """The travelling test modules this patch adds or changes."""
+        return [f for f in self.files if f.status != "D" and is_test_module(line, f.path)]
+
+
+def is_test_module(line: Line, path: str) -> bool:
+    """A test module under one of the line's generated monorepo folders (``tests/``)."""
+    parts = Path(path).parts
+    name = parts[-1]
+    return (
+        len(parts) > 1
+        and parts[0] in line.monorepo_dirs
+        and name.endswith(".py")
+        and (name.startswith("test_") or name.endswith("_test.py"))
+    )
+
+
+def read_patch(path: Path) -> Patch:
+    """Parse one patch file of the series (headers, message, trailers, per-file changes)."""
+    import email.parser
+    import email.policy
+
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    lines = tuple(text.splitlines(keepends=True))
+    try:
+        head_end = next(i for i, ln in enumerate(lines) if not ln.strip())
+        sep = next(i for i in range(head_end + 1, len(lines)) if lines[i].rstrip("\r\n") == "---")
+    except StopIteration:
+        raise PqError(
+            f"{path.name}: not a `git format-patch` file (no headers or no ---)"
+        ) from None
+    headers = email.parser.HeaderParser(policy=email.policy.default).parsestr(
+        "".join(lines[:head_end])
+    )
+    subject = re.sub(r"^\[PATCH[^\]]*\]\s*", "", " ".join(str(headers["Subject"] or "").split()))
+    message = lines[head_end + 1 : sep]
+    # the trailer block: the last paragraph, when every line is `Key: value` or a continuation
+    last_blank = max((i for i, ln in enumerate(message) if not ln.strip()), default=-1)
+    block = message[last_blank + 1 :]
+    is_block = bool(block) and all(
+        _TRAILER_RE.match(ln) or (i > 0 and ln[:1] in (" ", "\t")) for i, ln in enumerate(block)
+    )
+    trailer_start = last_blank + 1 if is_block else len(message)
+
+    files: list[FileChange] = []
+    for chunk in _file_chunks(lines[sep:]):
+        m = re.match(r"diff --git a/(.+) b/(.+)$", chunk[0].rstrip("\r\n"))
+        assert m is not None
+        status, added, removed, in_hunk = "M", [], 0, False
+        for raw in chunk[1:]:
+            ln = raw.rstrip("\r\n")
+            if not in_hunk:
+                if ln.startswith("new file mode"):
+                    status = "A"
+                elif ln.startswith("deleted file mode"):
+                    status = "D"
+                in_hunk = ln.startswith("@@")
+            elif ln.startswith("+"):
+                added.append(ln[1:])
+            elif ln.startswith("-"):
+                removed += 1
+        files.append(FileChange(m[2].strip('"'), status, tuple(added), removed))
+    return Patch(
+        name=path.name,
+        subject=subject,
+        lines=lines,
+        msg_start=head_end + 1,
+        sep=sep,
+        trailer_start=trailer_start,
+        files=tuple(files),
+    )
+
+
+def _file_chunks(lines: tuple[str, ...]) -> list[list[str]]:
+    """The diff of each file: from its ``diff --git`` line to the next one."""
+    chunks: list[list[str]] = []
+    for raw in lines:
+        if raw.startswith("diff --git "):
+            chunks.append([raw])
+        elif chunks:
+            chunks[-1].append(raw)
+    return chunks
+
+
+def read_series(line: Line) -> list[Patch]:
+    return [read_patch(line.patch_dir / name) for name in line.series()]
+
+
+# --- check-series ------------------------------------------------------------------------
+
+_OUTCOME_RE = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS) (\S+)")
+_SKIPPED_RE = re.compile(r"^SKIPPED \[(\d+)\] ([^:\s]+)")
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """What one pytest run reported: (outcome, node id or file) per test, and its exit code."""
+
+    outcomes: tuple[tuple[str, str], ...]
+    returncode: int
+    output: str
+
+    def count(self, *kinds: str, files: list[str] | None = None) -> int:
+        return sum(
+            1
+            for kind, node in self.outcomes
+            if (not kinds or kind in kinds) and (files is None or node.split("::")[0] in files)
+        )
+
+    def failures(self) -> list[str]:
+        return [node for kind, node in self.outcomes if kind in ("FAILED", "ERROR")]
+
+    @property
+    def ok(self) -> bool:
+        # 5: no test collected (a prefix with no travelling test yet)
+        return self.returncode in (0, 5) and not self.failures()
+
+
+def _source_env(line: Line) -> dict[str, str]:
+    """PYTHONPATH with the generated tree's packages first: they win over the venv's wheels."""
+    paths = [str(line.work_tree / pkg.path) for pkg in line.packages]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    return {"PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _check_sources_win(line: Line, python: str) -> None:
+    """The travelling tests must import the generated tree, not the wheels in the venv."""
+    modules = {".".join(Path(pkg.version_file).parent.parts): pkg for pkg in line.packages}
+    probe = (
+        "import importlib, sys\nfor m in sys.argv[1:]: print(importlib.import_module(m).__file__)"
+    )
+    proc = run([python, "-c", probe, *modules], cwd=line.work_tree, env=_source_env(line))
+    for (module, pkg), where in zip(modules.items(), proc.stdout.split(), strict=True):
+        if not Path(where).resolve().is_relative_to((line.work_tree / pkg.path).resolve()):
+            raise PqError(
+                f"with PYTHONPATH on the generated tree, {module} still imports from {where}, "
+                f"not from {pkg.path}/: the travelling tests would test the venv's wheels"
+            )
+    print(
+        f"pq: travelling tests run with {python}, importing "
+        + ", ".join(f"{m} from {p.path}/" for m, p in modules.items())
+        + " (the generated tree)",
+        file=sys.stderr,
+    )
+
+
+def _pytest(line: Line, python: str, targets: list[str]) -> TestRun:
+    cmd = [python, "-m", "pytest", *targets, "-p", "no:cacheprovider", "-q", "-rA"]
+    cmd.append("--continue-on-collection-errors")
+    proc = run(cmd, cwd=line.work_tree, env=_source_env(line), check=False)
+    outcomes: list[tuple[str, str]] = []
+    for ln in proc.stdout.splitlines():
+        if m := _OUTCOME_RE.match(ln):
+            outcomes.append((m[1], m[2]))
+        elif m := _SKIPPED_RE.match(ln):
+            outcomes.extend([("SKIPPED", m[2])] * int(m[1]))
+    if proc.returncode not in (0, 1, 5) and not outcomes:
+        raise PqError(f"pytest failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}")
+    return TestRun(tuple(outcomes), proc.returncode, proc.stdout + proc.stderr)
+
+
+def _has_tests(line: Line) -> bool:
+    """Whether the generated tree holds any travelling test module (pytest takes seconds)."""
+    return any(
+        is_test_module(line, path.relative_to(line.work_tree).as_posix())
+        for name in line.monorepo_dirs
+        for path in (line.work_tree / name).rglob("*.py")
+    )
+
+
+def _prove(line: Line, python: str, patch: Patch) -> TestRun:
+    """Lay the ``tests/`` part of ``patch`` over the tree (the prefix before it) and run its
+    test modules there; then take them away again."""
+    include = [f"--include={name}/*" for name in line.monorepo_dirs]
+    path = str(line.patch_dir / patch.name)
+    ugit(line, "apply", *include, path)
+    try:
+        return _pytest(line, python, [f.path for f in patch.test_files(line)])
+    finally:
+        ugit(line, "apply", "-R", *include, path)
+
+
+def _check_series_pypi(line: Line, names: list[str], python: str) -> None:
+    if not Path(python).exists():
+        raise PqError(f"no test python at {python}; run `make venv` first (or give --python)")
+    patches = [read_patch(line.patch_dir / name) for name in names]
+    problems: list[str] = []
+    proved = declared = 0
+    apply(line, pristine=True, force=True, quiet=True)
+    _check_sources_win(line, python)
+    for k, patch in enumerate(patches, start=1):
+        tests = [f.path for f in patch.test_files(line)]
+        before = _prove(line, python, patch) if tests else None
+        apply(line, upto=k, force=True, quiet=True)
+        dirs = [str(line.work_tree / pkg.path / "livekit") for pkg in line.packages]
+        dirs += [str(line.work_tree / d) for d in line.monorepo_dirs]
+        run([python, "-m", "compileall", "-q", *dirs])
+        after = TestRun((), 5, "")  # 5: what pytest returns when it collects nothing
+        if _has_tests(line):
+            after = _pytest(line, python, list(line.monorepo_dirs))
+        report = f"prefix {k}/{len(patches)} {patch.stem}: applies, compiles, "
+        if after.ok:
+            report += f"{after.count('PASSED')} travelling tests pass"
+            if skipped := after.count("SKIPPED"):
+                report += f" ({skipped} skipped)"
+        else:
+            failing = after.failures()
+            report += f"FAILS: {len(failing)} of {len(after.outcomes)} travelling tests fail"
+            problems.append(
+                f"{patch.stem}: travelling tests fail with it applied: "
+                + (", ".join(failing[:5]) or f"pytest exit code {after.returncode}")
+            )
+        if before is not None:
+            total = after.count(files=tests)
+            failed = before.count("FAILED", "ERROR", files=tests)
+            if failed:
+                proved += 1
+                report += f"; its {total} tests fail without it ({failed} failed)"
+            else:
+                report += f"; ERROR: its {total} tests pass without it"
+                problems.append(f"{patch.stem}: its tests pass without it ({', '.join(tests)})")
+        elif (reason := patch.tests_none) is not None:
+            declared += 1
+            report += f"; no tests of its own (Tests: none ({reason}))"
+        else:
+            report += "; ERROR: no travelling tests and no `Tests: none (<reason>)` line"
+            problems.append(
+                f"{patch.stem}: no test file under {', '.join(line.monorepo_dirs)}/ and no "
+                "`Tests: none (<reason>)` line in its commit message"
+            )
+        print(report, flush=True)
+    apply(line, force=True, quiet=True)
+    if problems:
+        raise PqError(
+            f"check-series: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems)
+        )
+    print(
+        f"pq: {len(patches)} prefixes apply, compile and pass their travelling tests; "
+        f"{proved} patch(es) prove their tests, {declared} declare `Tests: none`",
+        file=sys.stderr,
+    )
+
+
+def check_series(line: Line, python: str | None = None) -> None:
+    """Each prefix of the series applies, compiles and passes the travelling tests it holds,
+    and each patch's tests fail without it (npm: each prefix type-checks, builds, tests).
+
+    ``python``: the interpreter with pytest and the line's dependencies (``.venv``); the
+    generated tree's sources are put first on its path.
+    """
     names = line.series()
+    if not line.is_npm:
+        _check_series_pypi(line, names, python or str(ROOT / ".venv" / "bin" / "python"))
+        return
     for upto in range(1, len(names) + 1):
         apply(line, upto=upto, force=True)
-        if line.is_npm:
-            import pq_npm
+        import pq_npm
 
-            pq_npm.check_prefix(line)
-        else:
-            for pkg in line.packages:
-                run([sys.executable, "-m", "compileall", "-q", str(ROOT / pkg.path / "livekit")])
+        pq_npm.check_prefix(line)
         print(f"pq: prefix {upto}/{len(names)} ({names[upto - 1]}) applies and compiles")
     apply(line, force=True)
 
@@ -605,7 +1056,14 @@ def main(argv: list[str] | None = None) -> int:
     p_apply.add_argument("--force", action="store_true", help="discard unexported work")
     sub.add_parser("export", help="rewrite patches/<line>/ from the tree's commits")
     sub.add_parser("check-export", help="apply + export must be byte-identical")
-    sub.add_parser("check-series", help="every prefix of the series applies and compiles")
+    p_series = sub.add_parser(
+        "check-series", help="every prefix applies, compiles, passes; each patch's tests prove it"
+    )
+    p_series.add_argument(
+        "--python",
+        default=str(ROOT / ".venv" / "bin" / "python"),
+        help="python with pytest and the dependencies (pypi lines; default .venv)",
+    )
     p_wheels = sub.add_parser("wheels", help="build labelled wheels and verify them")
     p_wheels.add_argument("--out", type=Path, default=ROOT / "dist")
     p_wheels.add_argument("--python", default=sys.executable, help="python with build+hatchling")
@@ -629,7 +1087,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "check-export":
             check_export(line)
         elif args.cmd == "check-series":
-            check_series(line)
+            check_series(line, args.python)
         elif args.cmd == "wheels" and line.is_npm:
             import pq_npm
 

@@ -15,8 +15,8 @@ of ``pq wheels`` and the JS test runner. A *build workspace* is an npm workspace
 - the monorepo's tooling, restated in ``tools/js/`` (root ``tsup.config.ts``,
   ``tsconfig.json``, ``globals.d.ts``, ``vitest.config.ts``, ``.prettierrc``) and our
   pinned toolchain (``tools/js/package.json``: tsup, tsc, vitest, prettier) from the registry.
-- ``rtretry-tests/``: a copy of ``tests/js/`` (our regression tests; they start the Python
-  emulator, ``python -m tests.realtime_emulator``, as a subprocess).
+- ``rtretry-tests/``: a copy of ``testbed/js/`` (our regression tests; they start the Python
+  emulator, ``python -m testbed.realtime_emulator``, as a subprocess).
 
 Building is upstream's: ``tsup`` (ESM ``.js`` + CJS ``.cjs``, unbundled), then
 ``tsc --declaration --emitDeclarationOnly`` and ``.d.ts`` copied to ``.d.cts``.
@@ -44,7 +44,7 @@ import pq  # noqa: E402
 from pq import ROOT, Line, PqError, run  # noqa: E402
 
 TEMPLATES = ROOT / "tools" / "js"
-JS_TESTS = ROOT / "tests" / "js"
+JS_TESTS = ROOT / "testbed" / "js"
 EMULATOR_PYTHON = ROOT / ".venv-emulator" / "bin" / "python"
 _NPM_FLAGS = ["--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"]
 _ROOT_FILES = (
@@ -305,7 +305,7 @@ def summarize(json_out: Path) -> list[tuple[str, str, str]]:
 
 
 def pristine_check(line: Line) -> None:
-    """Every regression test in tests/js/ must FAIL on pristine with an AssertionError."""
+    """Every regression test in testbed/js/ must FAIL on pristine with an AssertionError."""
     dest = stage(line, "pristine")
     for pkg in line.packages:
         installed = json.loads((dest / pkg.path / "package.json").read_text())["version"]
@@ -348,7 +348,7 @@ def _added_lines(line: Line, rel: str) -> set[int]:
 
 
 def prettier_check(line: Line) -> None:
-    """Upstream's prettier config over every line the series adds, and over tests/js/.
+    """Upstream's prettier config over every line the series adds, and over testbed/js/.
 
     A file the series modifies is formatted in a scratch copy; only differences on lines the
     series added count (upstream's own lines are upstream's business, and prettier releases
@@ -382,7 +382,7 @@ def prettier_check(line: Line) -> None:
 
 
 def bench(line: Line) -> dict[str, list[dict[str, object]]]:
-    """Every agents-js#934 symptom for 10 s (tests/js/storm.bench.ts), pristine vs patched."""
+    """Every agents-js#934 symptom for 10 s (testbed/js/storm.bench.ts), pristine vs patched."""
     results: dict[str, list[dict[str, object]]] = {}
     for build_name in ("pristine", "patched"):
         dest = stage(line, build_name)
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     p_test.add_argument("--json", type=Path, help="also write vitest's JSON report here")
     p_test.add_argument("paths", nargs="*")
     sub.add_parser("pristine-check", help="the regression tests must fail on pristine")
-    sub.add_parser("prettier", help="prettier --check on touched files and tests/js")
+    sub.add_parser("prettier", help="prettier --check on touched files and testbed/js")
     sub.add_parser("bench", help="reconnect storm and memory, pristine vs patched")
     args = parser.parse_args(argv)
     try:

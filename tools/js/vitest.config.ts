@@ -1,5 +1,5 @@
 // Vitest for the build workspace: the node environment and timeouts the agents-js tests are
-// written for, plus the rtretry regression tests copied to rtretry-tests/.
+// written for, plus our regression tests (testbed/js/) copied to rtretry-tests/.
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({

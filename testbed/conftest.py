@@ -1,4 +1,4 @@
-"""Shared fixtures, the module category rule and the ``--pristine`` check.
+"""The test bed's (``testbed/``) shared fixtures, the module category rule and ``--pristine``.
 
 ``--pristine`` runs only the ``regression``-marked tests against the installed, unpatched
 livekit-agents, ignores their xfail marks, and inverts the outcome: a test must fail with an

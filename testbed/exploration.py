@@ -10,7 +10,7 @@ for its speech") so that an interrupt, a drop or a shutdown lands at a chosen mo
 
 ``run_example(ex)`` runs it on the installed build, bounded in time, and returns an
 ``Observation``; ``check(ex, obs)`` returns the ``Violation`` s of the invariants below.
-``tests/test_exploration.py`` drives it with Hypothesis strategies (``examples(...)``) in CI;
+``testbed/test_exploration.py`` drives it with Hypothesis strategies (``examples(...)``) in CI;
 ``bench/chaos.py`` (``make chaos``) runs a long randomized exploration and writes a report.
 
 Invariants (``INVARIANTS``; names as reported)

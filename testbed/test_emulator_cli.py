@@ -1,5 +1,5 @@
-"""The emulator's JSON plans and its CLI (``python -m tests.realtime_emulator``), which the
-agents-js tests (tests/js/) drive."""
+"""The emulator's JSON plans and its CLI (``python -m testbed.realtime_emulator``), which the
+agents-js tests (testbed/js/) drive."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_plan_json_rejects_unknown_faults_and_fields(bad: dict) -> None:
 def test_cli_serves_the_plan_and_exposes_records() -> None:
     plan = json.dumps({"every_connection": {"fault": "RejectUpgrade", "status": 503}})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.realtime_emulator", "--plan", plan, "--max-seconds", "30"],
+        [sys.executable, "-m", "testbed.realtime_emulator", "--plan", plan, "--max-seconds", "30"],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

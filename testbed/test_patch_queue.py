@@ -38,6 +38,7 @@ def scratch(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "tools", root / "tools", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "upstream", root / "upstream")
     shutil.copytree(REPO / "patches" / LINE, root / "patches" / LINE)
+    shutil.copy2(REPO / ".gitignore", root / ".gitignore")  # it hides the generated folders
     (root / ".cache" / "sdist").mkdir(parents=True)
     (root / ".cache" / "sdist" / LINE).symlink_to(CACHE)
     return root
@@ -129,3 +130,106 @@ def test_label_is_derived_from_the_series(scratch: Path) -> None:
     first = sorted((scratch / "patches" / LINE).glob("*.patch"))[0]
     first.write_text(first.read_text().replace("Forwarded: not-yet", "Forwarded: elsewhere"))
     assert _pq(scratch, "label").stdout.strip() != label
+
+
+def test_generated_tests_folder_is_tracked_and_new_files_are_not_lost(scratch: Path) -> None:
+    assert _pq(scratch, "apply").returncode == 0
+    # the pin's monorepo_dirs: an empty tests/ at the base, tracked by the tree's git
+    assert (scratch / "tests").is_dir()
+    exclude = (scratch / ".pq" / "git" / "info" / "exclude").read_text().split()
+    assert "!/tests/" in exclude
+    new = scratch / "tests" / "test_new.py"
+    new.write_text("def test_new() -> None:\n    pass\n")
+    refused = _pq(scratch, "apply")
+    assert refused.returncode == 1
+    assert "tests/test_new.py" in refused.stderr and "git add -f" in refused.stderr
+    assert new.exists()
+    assert _pq(scratch, "git", "add", "-f", "tests/test_new.py").returncode == 0
+    commit = _pq(scratch, "git", "commit", "-q", "-m", "test: a travelling test")
+    assert commit.returncode == 0, commit.stderr
+    assert _pq(scratch, "export").returncode == 0
+    assert "tests/test_new.py" in _pq(scratch, "touched").stdout.split()
+    assert _pq(scratch, "apply").returncode == 0
+    assert new.exists()  # it travels in the patch now
+
+
+def test_apply_refuses_to_delete_a_folder_this_repository_tracks(scratch: Path) -> None:
+    (scratch / "tests").mkdir()
+    (scratch / "tests" / "ours.py").write_text("")
+    git = ["git", "-C", str(scratch), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-f", "tests/ours.py"], check=True)
+    proc = _pq(scratch, "apply")
+    assert proc.returncode == 1
+    assert "tests/ holds files tracked by this repository" in proc.stderr
+    assert (scratch / "tests" / "ours.py").exists()
+
+
+def _commit(root: Path, message: str, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        assert _pq(root, "git", "add", "-f", rel).returncode == 0
+    proc = _pq(root, "git", "commit", "-q", "-m", message)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_check_series_proves_each_patch_by_its_travelling_tests(scratch: Path) -> None:
+    """A small series written with the tool: a patch whose test fails without it, one whose
+    test passes without it, one that declares ``Tests: none``, and one with neither."""
+    folder = scratch / "patches" / LINE
+    for old in folder.glob("*.patch"):
+        old.unlink()
+    (folder / "series").write_text("")
+    shutil.copy2(REPO / "pyproject.toml", scratch / "pyproject.toml")  # upstream's pytest config
+    assert _pq(scratch, "apply").returncode == 0
+    probe = "livekit-agents/livekit/agents/_pq_probe.py"
+    _commit(
+        scratch,
+        "feat(agents): a probe\n\nBug: https://example.invalid/1\nForwarded: not-yet",
+        {
+            probe: "ANSWER = 42\n",
+            "tests/test_pq_probe.py": "import pytest\n\nfrom livekit.agents._pq_probe import "
+            "ANSWER\n\npytestmark = pytest.mark.unit\n\n\ndef test_answer() -> None:\n"
+            "    assert ANSWER == 42\n",
+        },
+    )
+    _commit(
+        scratch,
+        "fix(agents): a test that proves nothing\n\nForwarded: not-yet",
+        {
+            probe: "ANSWER = 42\nQUESTION = None\n",
+            "tests/test_pq_nothing.py": "def test_nothing() -> None:\n    assert True\n",
+        },
+    )
+    _commit(
+        scratch,
+        "docs(agents): a comment\n\nTests: none (a comment changes no behaviour)",
+        {probe: "# the answer\nANSWER = 42\nQUESTION = None\n"},
+    )
+    _commit(scratch, "fix(agents): untested", {probe: "ANSWER = 42\nQUESTION = 1\n"})
+    assert _pq(scratch, "export").returncode == 0
+
+    proc = _pq(scratch, "check-series", "--python", sys.executable)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = proc.stdout.splitlines()
+    assert len(report) == 4, proc.stdout
+    assert report[0] == (
+        "prefix 1/4 0001-feat-agents-a-probe: applies, compiles, 1 travelling tests pass; "
+        "its 1 tests fail without it (1 failed)"
+    )
+    assert report[1].endswith("2 travelling tests pass; ERROR: its 1 tests pass without it")
+    assert report[2].endswith(
+        "2 travelling tests pass; no tests of its own (Tests: none (a comment changes no "
+        "behaviour))"
+    )
+    assert "ERROR: no travelling tests and no `Tests: none (<reason>)` line" in report[3]
+    # the probe module exists only in the generated tree: the tests imported the tree, not
+    # the wheels installed in the venv
+    assert "importing livekit.agents from livekit-agents/" in proc.stderr
+    assert "2 problem(s)" in proc.stderr
+    assert "0002-fix-agents-a-test-that-proves-nothing: its tests pass without it" in proc.stderr
+    assert "0004-fix-agents-untested: no test file under tests/" in proc.stderr
+    # the tree is left with the whole series applied
+    assert (scratch / "tests" / "test_pq_nothing.py").exists()

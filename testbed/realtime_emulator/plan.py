@@ -362,7 +362,7 @@ def random_faults(
 
 
 # ---------------------------------------------------------------------------------------------
-# JSON form (for the CLI, ``python -m tests.realtime_emulator --plan '<json>'``)
+# JSON form (for the CLI, ``python -m testbed.realtime_emulator --plan '<json>'``)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """The emulator as a small server process, for tests in other languages (the agents-js line).
 
-    python -m tests.realtime_emulator --plan '{"every_connection": {"fault": "AcceptThenClose"}}'
+    python -m testbed.realtime_emulator --plan '{"every_connection": {"fault": "AcceptThenClose"}}'
 
 The plan is the JSON form of a ``FaultPlan`` (``plan_from_json`` in ``plan.py``: every fault
 is ``{"fault": "<class name>", <its fields>}``, response and connection numbers are string
@@ -141,7 +141,9 @@ async def serve(plan_json: str, api_key: str, max_seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.realtime_emulator", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m testbed.realtime_emulator", description=__doc__
+    )
     parser.add_argument("--plan", default="{}", help="the FaultPlan as JSON (plan_from_json)")
     parser.add_argument("--api-key", default=DEFAULT_API_KEY)
     parser.add_argument("--max-seconds", type=float, default=600.0)

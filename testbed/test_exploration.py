@@ -1,6 +1,6 @@
 """The bounded, derandomized fault exploration of CI (issue 10); ``make chaos`` is the long one.
 
-Each test draws ``Example`` s of one family (``tests/exploration.py``) with Hypothesis, runs
+Each test draws ``Example`` s of one family (``testbed/exploration.py``) with Hypothesis, runs
 each on a real ``AgentSession`` through the emulator and checks every invariant of
 ``exploration.INVARIANTS`` after every example. CI: derandomized (the same examples on every
 run), a fixed example budget per family, no example database, no shrinking (the failing

@@ -6,8 +6,8 @@ It speaks the GA protocol the way livekit-agents 1.8.9's OpenAI engine
 
 Quick start::
 
-    from tests.harness import SessionHarness
-    from tests.realtime_emulator import FailResponse, FaultPlan, RealtimeEmulator
+    from testbed.harness import SessionHarness
+    from testbed.realtime_emulator import FailResponse, FaultPlan, RealtimeEmulator
 
     plan = FaultPlan(responses={1: FailResponse(code="server_error")})
     async with RealtimeEmulator(plan) as emu, SessionHarness(emu, max_retry=3) as h:
@@ -168,11 +168,11 @@ Lifecycle
 ---------
 ``async with RealtimeEmulator(plan, api_key=DEFAULT_API_KEY) as emu`` (or ``await
 emu.start()`` / ``await emu.aclose()``, or the ``emulator`` / ``emulator_factory`` fixtures of
-``tests/conftest.py``). ``aclose()`` releases hanging handshakes, closes every socket, cancels
+``testbed/conftest.py``). ``aclose()`` releases hanging handshakes, closes every socket, cancels
 the response tasks (all named ``emulator.*``) and stops the server; nothing is left running.
 ``emu.http_url`` is ``http://127.0.0.1:<port>/v1``; ``emu.ws_url`` the full websocket URL.
 
-Harness (``tests/harness.py``)
+Harness (``testbed/harness.py``)
 ------------------------------
 ``SessionHarness(emu, max_retry=3, retry_interval=0.05, timeout=1.0,
 max_unrecoverable_errors=3, agent=None, model_kwargs=None, session_kwargs=None, guard=None,

@@ -8,7 +8,7 @@ Usage::
         assert h.audio.frames and h.assistant_messages()
         h.guard.assert_clean()
 
-See ``tests/realtime_emulator/__init__.py`` for the whole API.
+See ``testbed/realtime_emulator/__init__.py`` for the whole API.
 """
 
 from __future__ import annotations

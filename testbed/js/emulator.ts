@@ -1,6 +1,6 @@
-// The project's one OpenAI Realtime emulator (tests/realtime_emulator, Python), started as a
-// subprocess: `python -m tests.realtime_emulator --plan '<json>'`. The plan is the JSON form of
-// a FaultPlan (tests/realtime_emulator/plan.py, plan_from_json), so the JS tests speak the same
+// The project's one OpenAI Realtime emulator (testbed/realtime_emulator, Python), started as a
+// subprocess: `python -m testbed.realtime_emulator --plan '<json>'`. The plan is the JSON form of
+// a FaultPlan (testbed/realtime_emulator/plan.py, plan_from_json), so the JS tests speak the same
 // fault vocabulary as the Python ones. RTRETRY_ROOT and RTRETRY_PYTHON come from tools/pq_npm.py.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -56,7 +56,7 @@ export class Emulator {
     }
     const proc = spawn(
       python,
-      ['-m', 'tests.realtime_emulator', '--plan', JSON.stringify(plan), '--max-seconds', '120'],
+      ['-m', 'testbed.realtime_emulator', '--plan', JSON.stringify(plan), '--max-seconds', '120'],
       { cwd: root, stdio: ['pipe', 'pipe', 'inherit'] },
     );
     const lines = createInterface({ input: proc.stdout! });

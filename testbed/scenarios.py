@@ -1,14 +1,14 @@
 """Every fault mode the emulator can express, as a named, bounded scenario with one outcome shape.
 
 The fault matrix of the bench (``bench/worker.py``: ``await scenarios.run(name)`` for each name in
-``SCENARIOS``) and ``tests/test_fault_matrix.py`` both run these, so the report is generated from
+``SCENARIOS``) and ``testbed/test_fault_matrix.py`` both run these, so the report is generated from
 the same scenarios the tests run. A scenario is a ``FaultPlan`` + harness options + an async
 driver, with a hard time cap. It runs on any build, pristine 1.8.9 or patched: what a build
 does is observed and counted, never assumed, and nothing here asserts a behaviour.
 
 Usage, from a plain ``asyncio.run`` (no pytest needed)::
 
-    from tests import scenarios
+    from testbed import scenarios
 
     outcome = await scenarios.run("failed_before_output")
 
