@@ -398,7 +398,9 @@ def test_pull_request_body_is_the_message_then_the_generated_sections(tmp_path: 
     )
     assert "pytest --unit tests/test_x.py\n" in body and "`make check-series`" in body
     assert "| figure | pristine | patched |" in body
+    assert "It was tested on top of the earlier pull request of the series" in body
     assert (
+        "It changes the same files, so it does not apply without them:\n\n"
         "- feat(llm): let a realtime generation report how it ended (0001 of the series, "
         "not sent yet): `livekit-agents/livekit/agents/x.py`" in body
     )
@@ -406,8 +408,11 @@ def test_pull_request_body_is_the_message_then_the_generated_sections(tmp_path: 
 
     first = pq.pr_body(line, patches, 0, [])
     assert "No tests of its own: API only: exercised by the next pull requests' tests." in first
-    assert "applies to livekit-agents 1.8.9 as released" in first
-    assert "is not stated (no `Standalone:` paragraph)" in first
+    assert (
+        "Nothing: no earlier pull request changes the files this one does, so it applies to "
+        "livekit-agents 1.8.9 as released." in first
+    )
+    assert "tested on top" not in first
     assert "Bench" not in first
 
 

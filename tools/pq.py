@@ -1103,20 +1103,37 @@ def pr_body(line: Line, patches: list[Patch], index: int, bench: list[str]) -> s
         out += ["", *bench]
     out += ["", "## Depends on", ""]
     deps = depends_on(patches, index)
+    if index:
+        earlier = "the earlier pull request" if index == 1 else f"the {index} earlier pull requests"
+        out += [
+            f"It was tested on top of {earlier} of the series (`make check-series` tests each "
+            "prefix of the series, not subsets of it).",
+            "",
+        ]
     if deps:
-        out += ["The earlier pull requests of the series that change the same files:", ""]
+        out += [
+            ("It changes" if index == 1 else "These of them change")
+            + " the same files, so it does not apply without them:",
+            "",
+        ]
     for dep, shared in deps:
         files = ", ".join(f"`{f}`" for f in shared)
         out.append(f"- {dep.subject} ({dep.number} of the series, {_forwarded(dep)}): {files}")
     if not deps:
         out.append(
-            "No earlier pull request of the series changes the files this one does: it applies "
-            f"to {line.packages[0].name} {line.version} as released."
+            (
+                "It does not change"
+                if index == 1
+                else "None of them changes"
+                if index
+                else "Nothing: no earlier pull request changes"
+            )
+            + " the files this one does, so it applies to "
+            f"{line.packages[0].name} {line.version} as released."
         )
-        if patch.standalone is None:
+        if index and patch.standalone is None:
             out.append(
-                "Whether it is useful without the earlier ones is not stated (no `Standalone:` "
-                "paragraph)."
+                "Whether it is useful without them is not stated (no `Standalone:` paragraph)."
             )
     out += ["", OBJECTIONS.rstrip("\n")]
     return unwrap("\n".join(out)) + "\n"
@@ -1213,7 +1230,8 @@ def cover_text(line: Line, patches: list[Patch], current: str | None) -> str:
         "Lines: what each patch adds and removes (the travelling tests' share in parentheses).",
         "Travelling tests: the test modules under `tests/` the patch adds or changes, with the",
         "number of test functions it adds. Depends on: the earlier patches that change the same",
-        "files. Standalone: the `Standalone:` paragraph of the commit message. `make",
+        "files (it does not apply without them; each patch is tested on top of all earlier",
+        "ones). Standalone: the `Standalone:` paragraph of the commit message. `make",
         "check-series` checks that every prefix applies, compiles and passes its travelling",
         "tests, and that each patch's tests fail without it; `make pr` writes each pull request",
         "(title, body, patch) to `build/pr/`.",
