@@ -926,8 +926,14 @@ def check_series(line: Line, python: str | None = None) -> None:
     """Each prefix of the series applies, compiles and passes the travelling tests it holds,
     and each patch's tests fail without it (npm: each prefix type-checks, builds, tests).
 
-    ``python``: the interpreter with pytest and the line's dependencies (``.venv``); the
-    generated tree's sources are put first on its path.
+    Args:
+        line: the upstream line whose series is checked.
+        python: pypi lines: the interpreter with pytest and the line's dependencies (default
+            ``.venv``); the generated tree's sources are put first on its path.
+
+    Raises:
+        PqError: a prefix does not apply or compile, its travelling tests fail, or a patch's
+            tests pass without it (or it has none and no ``Tests: none (<reason>)`` line).
     """
     names = line.series()
     if not line.is_npm:
@@ -991,9 +997,16 @@ def _forwarded(patch: Patch) -> str:
 
 
 def bench_headline(report: Path, line: Line) -> list[str]:
-    """The success-rate, CPU and memory rows of the headline table of ``bench/REPORT.md``,
-    copied as they are, after a line that says when, where and on which builds they were
-    measured. Empty when there is no such table.
+    """The success-rate, CPU and memory rows of the headline table of ``bench/REPORT.md``.
+
+    Args:
+        report: the bench report.
+        line: the line, to tell whether the report measured the series as it is now.
+
+    Returns:
+        A line that says when, where and on which builds the figures were measured, a blank
+        line, and the table's header and rows copied as they are; empty when the report or its
+        headline table is missing.
     """
     if not report.exists():
         return []
@@ -1179,7 +1192,15 @@ def pr_index(line: Line, patches: list[Patch]) -> str:
 
 
 def write_prs(line: Line, out: Path) -> list[Path]:
-    """``build/pr/<NNNN-slug>/{title.txt,body.md,<patch>}`` per patch, and ``INDEX.md``."""
+    """Write ``<out>/<NNNN-slug>/{title.txt,body.md,<patch>}`` per patch, and ``INDEX.md``.
+
+    Args:
+        line: a pypi line.
+        out: the output folder (``build/pr``); it is emptied first.
+
+    Returns:
+        The folders written, in series order.
+    """
     _require_pypi(line, "pr")
     patches = read_series(line)
     bench = bench_headline(ROOT / "bench" / "REPORT.md", line)
@@ -1202,7 +1223,16 @@ def write_prs(line: Line, out: Path) -> list[Path]:
 
 
 def cover_text(line: Line, patches: list[Patch], current: str | None) -> str:
-    """COVER.md: the hand-written part above the marker as it is, then the generated list."""
+    """COVER.md: the hand-written part above the marker as it is, then the generated list.
+
+    Args:
+        line: a pypi line.
+        patches: its series.
+        current: the COVER.md there is now, if any; without the marker, a heading replaces it.
+
+    Returns:
+        The text ``make cover`` writes.
+    """
     if current and COVER_MARKER in current:
         preamble = current.split(COVER_MARKER, 1)[0]
     else:
