@@ -20,7 +20,7 @@ CHAOS_MINUTES ?= 15
 CHAOS_ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help fetch apply apply-pristine export check-export check-series wheels venv \
+.PHONY: help fetch apply apply-pristine export check-export check-series cover check-cover pr wheels venv \
         venv-pristine lint typecheck pytest pristine-check review-check upstream-suite test bench chaos \
         clean distclean js-apply js-packages js-check-export js-check-series venv-emulator js-lint \
         js-test js-upstream-tests js-pristine-check js-bench
@@ -48,6 +48,15 @@ check-export: ## apply + export must leave patches/$(LINE)/ byte-identical
 
 check-series: venv ## every prefix applies, compiles, passes its travelling tests; each patch's tests fail without it
 	$(PQ) check-series --python $(VENV)/bin/python
+
+cover: ## regenerate patches/$(LINE)/COVER.md (below its marker) from the series
+	$(PQ) cover
+
+check-cover: ## patches/$(LINE)/COVER.md must be what make cover writes
+	$(PQ) check-cover
+
+pr: ## build/pr/: each patch as a pull request (title, body, patch without queue trailers), INDEX.md
+	$(PQ) pr
 
 PATCHES      := upstream/$(LINE).toml patches/$(LINE)/series $(wildcard patches/$(LINE)/*.patch)
 WHEELS_STAMP := dist/.built-$(LINE)
@@ -121,7 +130,7 @@ else
 	  --patched $(VENV)/bin/python --explained upstream/$(LINE)-suite.txt --out build/upstream-suite
 endif
 
-test: lint typecheck pristine-check review-check check-export check-series pytest upstream-suite js-test ## all that CI runs (both lines)
+test: lint typecheck pristine-check review-check check-export check-cover check-series pytest upstream-suite js-test ## all that CI runs (both lines)
 
 bench: venv venv-pristine js-bench ## pristine vs patched bench + soak (both lines); bench/REPORT.md, results/
 	$(VENV)/bin/pip install -q -r requirements/bench.txt

@@ -1,4 +1,4 @@
-"""The fault matrix scenarios (``testbed/scenarios.py``) run, bounded, on whichever build is installed.
+"""The fault matrix scenarios (``testbed/scenarios.py``) run, bounded, on the installed build.
 
 Only build-independent invariants are asserted here: the outcome's shape, its internal
 consistency and the time cap, plus the healthy controls, which every build must deliver. What a

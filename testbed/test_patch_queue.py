@@ -233,3 +233,252 @@ def test_check_series_proves_each_patch_by_its_travelling_tests(scratch: Path) -
     assert "0004-fix-agents-untested: no test file under tests/" in proc.stderr
     # the tree is left with the whole series applied
     assert (scratch / "tests" / "test_pq_nothing.py").exists()
+
+
+# --- make pr and make cover: reading a patch, composing a pull request -------------------------
+
+sys.path.insert(0, str(REPO / "tools"))
+import pq  # noqa: E402
+
+_HEAD = (
+    "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
+    "From: rtretry <rtretry@users.noreply.github.com>\n"
+    "Date: Sat, 21 Nov 2026 00:00:00 +0000\n"
+)
+_SOURCE_DIFF = (
+    "diff --git a/livekit-agents/livekit/agents/x.py b/livekit-agents/livekit/agents/x.py\n"
+    "index 1111111111111111111111111111111111111111..2222222222222222222222222222222222222222"
+    " 100644\n"
+    "--- a/livekit-agents/livekit/agents/x.py\n"
+    "+++ b/livekit-agents/livekit/agents/x.py\n"
+    "@@ -1,2 +1,2 @@\n"
+    " a = 1\n"
+    "-b = 2\n"
+    "+b = 3\n"
+)
+_TEST_DIFF = (
+    "diff --git a/tests/test_x.py b/tests/test_x.py\n"
+    "new file mode 100644\n"
+    "index 0000000000000000000000000000000000000000..3333333333333333333333333333333333333333\n"
+    "--- /dev/null\n"
+    "+++ b/tests/test_x.py\n"
+    "@@ -0,0 +1,8 @@\n"
+    "+import pytest\n"
+    "+\n"
+    "+pytestmark = pytest.mark.unit\n"
+    "+\n"
+    "+\n"
+    "+async def test_gives_up_after_max_retry() -> None:\n"
+    "+    assert True\n"
+    "+def test_resets_after_a_healthy_connection(): pass\n"
+)
+RECONNECT = (
+    _HEAD + "Subject: [PATCH] fix(openai): bound realtime reconnect attempts after a\n"
+    " healthy connection\n"
+    "\n"
+    "The reconnect loop reset its counter after every handshake, so a\n"
+    "server that accepts and then closes was reconnected for ever.\n"
+    "\n"
+    "- reset only after a healthy connection: a completed response or\n"
+    "  10 s up\n"
+    "- give up after max_retry + 1 attempts\n"
+    "\n"
+    "Standalone: yes. The engine alone now gives up\n"
+    "after max_retry + 1 attempts.\n"
+    "\n"
+    "Bug: https://github.com/livekit/agents/issues/6205\n"
+    "Forwarded: https://github.com/livekit/agents/pull/7001\n"
+    "Co-authored-by: A Person <a@example.invalid>\n"
+    "Origin: vendor, rtretry\n"
+    " (a continuation line)\n"
+    "---\n"
+    " livekit-agents/livekit/agents/x.py | 2 +-\n"
+    " tests/test_x.py                    | 8 ++++++++\n"
+    " 2 files changed, 9 insertions(+), 1 deletion(-)\n"
+    "\n" + _SOURCE_DIFF + _TEST_DIFF
+)
+API = (
+    _HEAD + "Subject: [PATCH] feat(llm): let a realtime generation report how it ended\n"
+    "\n"
+    "Add GenerationCreatedEvent.outcome.\n"
+    "\n"
+    "Tests: none (API only: exercised by the next pull requests' tests)\n"
+    "Bug: https://github.com/livekit/agents/issues/6205\n"
+    "Forwarded: not-yet\n"
+    "---\n"
+    " livekit-agents/livekit/agents/x.py | 2 +-\n"
+    "\n" + _SOURCE_DIFF
+)
+
+
+def _read(tmp_path: Path, name: str, text: str) -> pq.Patch:
+    path = tmp_path / name
+    path.write_bytes(text.encode())
+    return pq.read_patch(path)
+
+
+def test_upstream_patch_drops_only_the_queue_trailers(tmp_path: Path) -> None:
+    patch = _read(tmp_path, "0002-fix-openai-bound.patch", RECONNECT)
+    expected = (
+        RECONNECT.replace("Bug: https://github.com/livekit/agents/issues/6205\n", "")
+        .replace("Forwarded: https://github.com/livekit/agents/pull/7001\n", "")
+        .replace("Origin: vendor, rtretry\n (a continuation line)\n", "")
+    )
+    assert patch.upstream_patch() == expected  # Co-authored-by and every other byte stay
+    assert patch.trailer("Origin") == ["vendor, rtretry (a continuation line)"]
+    # a trailer block of queue trailers only goes with the blank line before it
+    api = _read(tmp_path, "0001-feat-llm.patch", API)
+    assert "Add GenerationCreatedEvent.outcome.\n---\n" in api.upstream_patch()
+    assert api.upstream_patch().split("\n---\n", 1)[1] == API.split("\n---\n", 1)[1]
+
+
+def test_upstream_patch_of_each_patch_of_the_series_keeps_its_diff() -> None:
+    line = pq.load_line(LINE)
+    for patch in pq.read_series(line):
+        original = (line.patch_dir / patch.name).read_text()
+        upstream = patch.upstream_patch()
+        head, _, diff = upstream.partition("\n---\n")
+        assert diff == original.partition("\n---\n")[2], patch.name
+        message = head.split("\n\n", 1)[1] if "\n\n" in head else ""
+        keys = [ln.split(":", 1)[0].lower() for ln in message.splitlines() if ":" in ln]
+        assert not set(keys) & {"bug", "forwarded", "origin", "tests"}, patch.name
+
+
+def test_a_patch_is_read_into_subject_tests_and_standalone(tmp_path: Path) -> None:
+    line = pq.load_line(LINE)
+    patch = _read(tmp_path, "0002-fix-openai-bound.patch", RECONNECT)
+    assert patch.subject == (
+        "fix(openai): bound realtime reconnect attempts after a healthy connection"
+    )
+    assert patch.number == "0002" and patch.stem == "0002-fix-openai-bound"
+    assert [(f.path, f.status, len(f.added), f.removed) for f in patch.files] == [
+        ("livekit-agents/livekit/agents/x.py", "M", 1, 1),
+        ("tests/test_x.py", "A", 8, 0),
+    ]
+    (tests,) = patch.test_files(line)
+    assert tests.test_names == [
+        "test_gives_up_after_max_retry",
+        "test_resets_after_a_healthy_connection",
+    ]
+    assert patch.standalone == "yes. The engine alone now gives up after max_retry + 1 attempts."
+    assert patch.tests_none is None
+    api = _read(tmp_path, "0001-feat-llm.patch", API)
+    assert api.standalone is None
+    assert api.tests_none == "API only: exercised by the next pull requests' tests"
+    assert api.test_files(line) == []
+
+
+def test_pull_request_body_is_the_message_then_the_generated_sections(tmp_path: Path) -> None:
+    line = pq.load_line(LINE)
+    patches = [
+        _read(tmp_path, "0001-feat-llm.patch", API),
+        _read(tmp_path, "0002-fix-openai-bound.patch", RECONNECT),
+    ]
+    bench = ["Bench intro:", "", "| figure | pristine | patched |", "| --- | --- | --- |"]
+    body = pq.pr_body(line, patches, 1, bench)
+    sections = [ln for ln in body.splitlines() if ln.startswith("## ")]
+    assert sections == [
+        "## How it was tested",
+        "## Depends on",
+        "## Earlier objections this answers",
+    ]
+    # the message, unwrapped for GitHub, without the queue's trailers
+    assert body.startswith(
+        "The reconnect loop reset its counter after every handshake, so a server that accepts "
+        "and then closes was reconnected for ever.\n\n"
+        "- reset only after a healthy connection: a completed response or 10 s up\n"
+        "- give up after max_retry + 1 attempts\n\n"
+        "Standalone: yes. The engine alone now gives up after max_retry + 1 attempts.\n\n"
+        "Co-authored-by: A Person <a@example.invalid>\n\n## How it was tested\n"
+    )
+    assert "Bug:" not in body and "Forwarded:" not in body and "Origin:" not in body
+    assert (
+        "- `tests/test_x.py`: `test_gives_up_after_max_retry`, "
+        "`test_resets_after_a_healthy_connection`" in body
+    )
+    assert "pytest --unit tests/test_x.py\n" in body and "`make check-series`" in body
+    assert "| figure | pristine | patched |" in body
+    assert "It was tested on top of the earlier pull request of the series" in body
+    assert (
+        "It changes the same files, so it does not apply without them:\n\n"
+        "- feat(llm): let a realtime generation report how it ended (0001 of the series, "
+        "not sent yet): `livekit-agents/livekit/agents/x.py`" in body
+    )
+    assert "#6352" in body and "#6242" in body and "`max_retry=0` turns it off" in body
+
+    first = pq.pr_body(line, patches, 0, [])
+    assert "No tests of its own: API only: exercised by the next pull requests' tests." in first
+    assert (
+        "Nothing: no earlier pull request changes the files this one does, so it applies to "
+        "livekit-agents 1.8.9 as released." in first
+    )
+    assert "tested on top" not in first
+    assert "Bench" not in first
+
+
+def test_bench_figures_are_copied_from_the_report(tmp_path: Path) -> None:
+    line = pq.load_line(LINE)
+    report = tmp_path / "REPORT.md"
+    assert pq.bench_headline(report, line) == []
+    rows = [
+        "| figure | pristine | patched | goal | met |",
+        "| --- | --- | --- | --- | --- |",
+        "| turn success at p=0.3 | 69.0 % | 99.0 % | >= 99 % | yes |",
+        "| recovery overhead p50 | no retry | 8.1 ms | <= 20 ms | yes |",
+        "| happy-path CPU per turn | 1 | 0.985 [0.956, 1.024] | <= 1.02 | undecided |",
+        "| memory retained per reconnect cycle | -13 B | -34 B | <= 256 B | yes |",
+    ]
+    report.write_text(
+        "# Bench\n\nMachine: AMD EPYC, 2 cores, Python 3.11.7.\n"
+        "Date: 2026-11-21T11:58:29+00:00. Run time: 833 s.\n"
+        "Builds: pristine `1.8.9`, patched `1.8.9+rtretry.3.gdeadbeef`.\n\n"
+        "## Headline\n\nSome words.\n\n" + "\n".join(rows) + "\n\nGoals missed.\n\n## Next\n"
+    )
+    headline = pq.bench_headline(report, line)
+    assert headline[0].startswith(
+        "Bench of the whole series against pristine 1.8.9, not of this change alone "
+        "(2026-11-21, AMD EPYC, 2 cores); builds `1.8.9` and `1.8.9+rtretry.3.gdeadbeef` "
+        "(an earlier build of the series; this one is `1.8.9+rtretry."
+    )
+    assert headline[2:] == [rows[0], rows[1], rows[2], rows[4], rows[5]]  # no recovery row
+
+
+def test_make_pr_writes_one_folder_per_patch_and_an_index(scratch: Path) -> None:
+    proc = _pq(scratch, "pr")
+    assert proc.returncode == 0, proc.stderr
+    out = scratch / "build" / "pr"
+    listing = (scratch / "patches" / LINE / "series").read_text().splitlines()
+    series = [name for name in listing if name and not name.startswith("#")]
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == [n.removesuffix(".patch") for n in series]
+    index = (out / "INDEX.md").read_text()
+    for name in series:
+        folder = out / name.removesuffix(".patch")
+        patch = pq.read_patch(scratch / "patches" / LINE / name)
+        assert (folder / "title.txt").read_text() == patch.subject + "\n"
+        assert (folder / name).read_text() == patch.upstream_patch()
+        assert (folder / "body.md").read_text().count("## How it was tested") == 1
+        assert f"]({folder.name}/body.md)" in index
+    positions = [index.index(n.removesuffix(".patch")) for n in series]
+    assert positions == sorted(positions)
+
+
+def test_cover_is_regenerated_below_its_marker_and_checked(scratch: Path) -> None:
+    cover = scratch / "patches" / LINE / "COVER.md"
+    cover.write_text("# Hand-written cover\n\nOur words.\n\n" + pq.COVER_MARKER + "\nold list\n")
+    assert _pq(scratch, "check-cover").returncode == 1
+    assert _pq(scratch, "cover").returncode == 0
+    text = cover.read_text()
+    assert text.startswith("# Hand-written cover\n\nOur words.\n\n" + pq.COVER_MARKER + "\n")
+    assert "old list" not in text and "(not stated)" in text
+    assert _pq(scratch, "check-cover").returncode == 0
+
+    first = sorted((scratch / "patches" / LINE).glob("0001-*.patch"))[0]
+    raw = first.read_text()
+    bug = raw.index("\nBug: ") + 1
+    first.write_text(raw[:bug] + "Standalone: yes, an API on its own.\n\n" + raw[bug:])
+    stale = _pq(scratch, "check-cover")
+    assert stale.returncode == 1 and "COVER.md is stale" in stale.stderr
+    assert _pq(scratch, "cover").returncode == 0
+    assert "| yes, an API on its own. |" in cover.read_text()
+    assert _pq(scratch, "check-cover").returncode == 0
