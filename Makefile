@@ -21,7 +21,7 @@ CHAOS_ARGS    ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help fetch apply apply-pristine export check-export check-series cover check-cover pr wheels venv \
-        venv-pristine lint typecheck pytest pristine-check review-check upstream-suite test bench chaos \
+        venv-pristine lint typecheck pytest pristine-check review-check monorepo-check upstream-suite test bench chaos \
         clean distclean js-apply js-packages js-check-export js-check-series venv-emulator js-lint \
         js-test js-upstream-tests js-pristine-check js-bench
 
@@ -103,8 +103,9 @@ typecheck: venv ## mypy --strict: no new errors in the files the series touches
 pytest: venv ## the test suite against the forked wheels
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-pristine-check: venv-pristine ## the regression tests must fail on pristine upstream
+pristine-check: venv-pristine ## the regression tests must fail on pristine upstream; the pins pass there
 	$(PRISTINE_VENV)/bin/python -m pytest --pristine $(PYTEST_ARGS)
+	$(PRISTINE_VENV)/bin/python -m pytest testbed/test_pins.py -q
 
 # the last commit whose series predates review round 1: its review tests must fail there
 REVIEW_BASE ?= 6b87b3c
@@ -122,6 +123,13 @@ else
 endif
 
 UPSTREAM ?=
+monorepo-check: venv-pristine ## git am the series onto UPSTREAM's tests/ + the sdists; pytest --unit its tests there
+ifeq ($(strip $(UPSTREAM)),)
+	@echo "monorepo-check: skipped (give UPSTREAM=<path of a livekit/agents monorepo checkout>)"
+else
+	$(PYTHON) tools/monorepo_check.py --line $(LINE) --monorepo $(UPSTREAM) --python $(PRISTINE_VENV)/bin/python
+endif
+
 upstream-suite: venv venv-pristine ## upstream's unit suite on both builds (UPSTREAM=<livekit/agents checkout>)
 ifeq ($(strip $(UPSTREAM)),)
 	@echo "upstream-suite: skipped (give UPSTREAM=<path of a livekit/agents monorepo checkout>)"
@@ -130,7 +138,7 @@ else
 	  --patched $(VENV)/bin/python --explained upstream/$(LINE)-suite.txt --out build/upstream-suite
 endif
 
-test: lint typecheck pristine-check review-check check-export check-cover check-series pytest upstream-suite js-test ## all that CI runs (both lines)
+test: lint typecheck pristine-check review-check check-export check-cover check-series pytest monorepo-check upstream-suite js-test ## all that CI runs (both lines)
 
 bench: venv venv-pristine js-bench ## pristine vs patched bench + soak (both lines); bench/REPORT.md, results/
 	$(VENV)/bin/pip install -q -r requirements/bench.txt

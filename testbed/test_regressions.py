@@ -1,4 +1,4 @@
-"""Regression tests: one per failure listed under "Why" in the foundation issue, plus controls.
+"""Regression tests: one per failure listed under "Why" in the foundation issue.
 
 Each test drives a real ``AgentSession`` on ``openai.realtime.RealtimeModel`` against the
 emulator and asserts the correct behaviour, so it fails on pristine livekit-agents 1.8.9 with an
@@ -37,44 +37,6 @@ def _assert_reply_delivered(h: SessionHarness, handle: SpeechHandle | None, *, w
             f"{what}: the SpeechHandle ended with {handle.exception()!r}"
         )
     assert h.assistant_messages(), f"{what}: no assistant message in the session history"
-
-
-# ---------------------------------------------------------------------------------------------
-# controls: pass on pristine and on the patched build
-# ---------------------------------------------------------------------------------------------
-
-
-async def test_control_generate_reply_is_delivered() -> None:
-    async with RealtimeEmulator() as emu, SessionHarness(emu) as h:
-        handle = h.session.generate_reply(instructions="greet the user")
-        await h.wait_for_speech(handle, what="the greeting")
-
-        _assert_reply_delivered(h, handle, what="healthy generate_reply")
-        assert emu.num_response_creates == 1
-        reply = emu.plan.reply
-        assert h.audio.pushed_duration == pytest.approx(reply.audio_deltas * reply.chunk_ms / 1000)
-        assert h.assistant_messages()[-1].text_content == emu.plan.reply.transcript
-        assert not emu.overlapping_creates
-        assert not h.errors, h.describe_errors()
-        assert emu.num_connections == 1
-    assert h.aclose_error is None
-    assert len(h.close_events) == 1
-    h.guard.assert_clean()
-
-
-async def test_control_server_vad_turn_is_answered() -> None:
-    async with RealtimeEmulator() as emu, SessionHarness(emu) as h:
-        await emu.wait_connected()
-        await emu.server_vad_turn("what time is it?")
-        await h.wait_for(
-            lambda: len(h.assistant_messages()) == 1, what="the answer to the server-VAD turn"
-        )
-
-        assert h.audio.frames
-        assert [m.text_content for m in h.user_messages()] == ["what time is it?"]
-        assert emu.num_response_creates == 0
-        assert not h.errors, h.describe_errors()
-    h.guard.assert_clean()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -869,6 +869,8 @@ def _check_series_pypi(line: Line, names: list[str], python: str) -> None:
     proved = declared = 0
     apply(line, pristine=True, force=True, quiet=True)
     _check_sources_win(line, python)
+    pins = _pytest(line, python, PIN_TARGETS)
+    print(f"pristine: {_pins_report(pins, problems, 'pristine')}", flush=True)
     for k, patch in enumerate(patches, start=1):
         tests = [f.path for f in patch.test_files(line)]
         before = _prove(line, python, patch) if tests else None
@@ -891,6 +893,8 @@ def _check_series_pypi(line: Line, names: list[str], python: str) -> None:
                 f"{patch.stem}: travelling tests fail with it applied: "
                 + (", ".join(failing[:5]) or f"pytest exit code {after.returncode}")
             )
+        pins = _pytest(line, python, PIN_TARGETS)
+        report += "; " + _pins_report(pins, problems, patch.stem)
         if before is not None:
             total = after.count(files=tests)
             failed = before.count("FAILED", "ERROR", files=tests)
@@ -920,6 +924,21 @@ def _check_series_pypi(line: Line, names: list[str], python: str) -> None:
         f"{proved} patch(es) prove their tests, {declared} declare `Tests: none`",
         file=sys.stderr,
     )
+
+
+PIN_TARGETS = ["testbed/test_pins.py"]
+"""The test bed's pins: pristine behaviour the series keeps (AgentSession on the emulator); they
+run on pristine and on every prefix, so that no prefix regresses what a later patch does not
+change on purpose."""
+
+
+def _pins_report(run_: TestRun, problems: list[str], where: str) -> str:
+    """One clause on the pins of one build; a failing pin is a problem of ``where``."""
+    if run_.ok and run_.count("PASSED"):
+        return f"{run_.count('PASSED')} pins of pristine behaviour hold"
+    failing = run_.failures() or [f"pytest exit code {run_.returncode}"]
+    problems.append(f"{where}: pins of pristine behaviour fail: {', '.join(failing[:5])}")
+    return f"FAILS: {len(run_.failures())} pins of pristine behaviour fail"
 
 
 def check_series(line: Line, python: str | None = None) -> None:
