@@ -378,18 +378,23 @@ def test_pull_request_body_is_the_message_then_the_generated_sections(tmp_path: 
     body = pq.pr_body(line, patches, 1, bench)
     sections = [ln for ln in body.splitlines() if ln.startswith("## ")]
     assert sections == [
+        "## Summary",
+        "## Motivation",
         "## How it was tested",
         "## Depends on",
         "## Earlier objections this answers",
     ]
-    # the message, unwrapped for GitHub, without the queue's trailers
+    # the message, unwrapped for GitHub, without the queue's trailers: its Standalone paragraph
+    # is the summary, the rest (no Change: label here) the motivation, with Refs to the Bug
     assert body.startswith(
+        "## Summary\n\nYes. The engine alone now gives up after max_retry + 1 attempts.\n\n"
+        "## Motivation\n\n"
         "The reconnect loop reset its counter after every handshake, so a server that accepts "
         "and then closes was reconnected for ever.\n\n"
         "- reset only after a healthy connection: a completed response or 10 s up\n"
         "- give up after max_retry + 1 attempts\n\n"
-        "Standalone: yes. The engine alone now gives up after max_retry + 1 attempts.\n\n"
-        "Co-authored-by: A Person <a@example.invalid>\n\n## How it was tested\n"
+        "Co-authored-by: A Person <a@example.invalid>\n\n"
+        "Refs livekit/agents#6205\n\n## How it was tested\n"
     )
     assert "Bug:" not in body and "Forwarded:" not in body and "Origin:" not in body
     assert (
@@ -414,6 +419,28 @@ def test_pull_request_body_is_the_message_then_the_generated_sections(tmp_path: 
     )
     assert "tested on top" not in first
     assert "Bench" not in first
+
+
+def test_labelled_paragraphs_become_the_pull_request_sections(tmp_path: Path) -> None:
+    labelled = RECONNECT.replace(
+        "- reset only after a healthy connection: a completed response or\n"
+        "  10 s up\n"
+        "- give up after max_retry + 1 attempts\n",
+        "Change: reset only after a healthy\nconnection.\n\n"
+        "Behaviour changes and risks: a failing server\nnow gets max_retry + 1 attempts.\n",
+    )
+    patch = _read(tmp_path, "0002-fix-openai-bound.patch", labelled)
+    text = "\n".join(pq.message_sections(patch))
+    assert [ln for ln in text.splitlines() if ln.startswith("## ")] == [
+        "## Summary",
+        "## Motivation",
+        "## Change",
+        "## Behaviour changes and risks",
+    ]
+    assert "## Change\n\nReset only after a healthy connection.\n" in text
+    assert "## Behaviour changes and risks\n\nA failing server now gets max_retry" in text
+    assert "Refs livekit/agents#6205" in text.split("## Change")[0]
+    assert pq._issue_ref("https://github.com/livekit/agents/pull/7001") == "livekit/agents#7001"
 
 
 def test_bench_figures_are_copied_from_the_report(tmp_path: Path) -> None:

@@ -874,7 +874,8 @@ def _check_series_pypi(line: Line, names: list[str], python: str) -> None:
     for k, patch in enumerate(patches, start=1):
         tests = [f.path for f in patch.test_files(line)]
         before = _prove(line, python, patch) if tests else None
-        apply(line, upto=k, force=True, quiet=True)
+        # prefix k is prefix k-1 plus patch k: one `git am` on the tree, not a new layout
+        _git_am(line, [names[k - 1]])
         dirs = [str(line.work_tree / pkg.path / "livekit") for pkg in line.packages]
         dirs += [str(line.work_tree / d) for d in line.monorepo_dirs]
         run([python, "-m", "compileall", "-q", *dirs])
@@ -1127,10 +1128,56 @@ def _tests_text(line: Line, patch: Patch) -> list[str]:
     return out
 
 
+_SECTION_LABELS = {
+    "Change:": "Change",
+    "Behaviour changes and risks:": "Behaviour changes and risks",
+}
+"""Paragraph labels of our commit messages and the pull request sections they open."""
+
+
+def _issue_ref(url: str) -> str:
+    """``https://github.com/o/r/issues/N`` as GitHub's short form ``o/r#N``; else as it is."""
+    m = re.fullmatch(r"https://github\.com/([^/]+/[^/]+)/(?:issues|pull)/(\d+)", url.strip())
+    return f"{m[1]}#{m[2]}" if m else url.strip()
+
+
+def message_sections(patch: Patch) -> list[str]:
+    """The commit message as pull request sections: Summary (its ``Standalone:`` paragraph),
+    Motivation (the paragraphs before ``Change:``, with ``Refs`` to the ``Bug:`` issues), then
+    Change and Behaviour changes and risks. A message without the labels stays one block."""
+    paragraphs = unwrap(patch.body_text()).strip("\n").split("\n\n")
+    sections: dict[str, list[str]] = {"Motivation": []}
+    current = "Motivation"
+    standalone: list[str] = []
+    for para in paragraphs:
+        label = next((k for k in (*_SECTION_LABELS, "Standalone:") if para.startswith(k)), None)
+        if label == "Standalone:":
+            text = para[len(label) :].strip()
+            standalone.append(text[:1].upper() + text[1:])
+            current = "Motivation" if not sections.get("Change") else current
+            continue
+        if label is not None:
+            current = _SECTION_LABELS[label]
+            para = para[len(label) :].strip()
+            if para:
+                para = para[0].upper() + para[1:]
+        sections.setdefault(current, []).append(para)
+    refs = [f"Refs {_issue_ref(url)}" for url in patch.trailer("Bug")]
+    out: list[str] = []
+    if standalone:
+        out += ["## Summary", "", *standalone, ""]
+    out += ["## Motivation", "", *(p + "\n" for p in sections.pop("Motivation"))]
+    if refs:
+        out += [", ".join(refs), ""]
+    for title, paras in sections.items():
+        out += [f"## {title}", "", *(p + "\n" for p in paras)]
+    return [ln.rstrip("\n") if ln.endswith("\n\n") else ln for ln in out]
+
+
 def pr_body(line: Line, patches: list[Patch], index: int, bench: list[str]) -> str:
     """The pull request body: our commit message, then the generated sections."""
     patch = patches[index]
-    out = [unwrap(patch.body_text()), "", "## How it was tested", "", *_tests_text(line, patch)]
+    out = [*message_sections(patch), "## How it was tested", "", *_tests_text(line, patch)]
     if bench:
         out += ["", *bench]
     out += ["", "## Depends on", ""]
