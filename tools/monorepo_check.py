@@ -102,11 +102,32 @@ def main(argv: list[str] | None = None) -> int:
         _sh(["git", "log", "--oneline", f"-{len(patches) + 1}"], OUT)
         env_path = os.pathsep.join(str(OUT / pkg.path) for pkg in line.packages)
         os.environ["PYTHONPATH"] = env_path
+        where = _sh(
+            [
+                os.path.abspath(args.python),
+                "-c",
+                "import livekit.agents as a, livekit.plugins.openai as o; "
+                "print('livekit.agents from', a.__file__); "
+                "print('livekit.plugins.openai from', o.__file__)",
+            ],
+            OUT,
+        ).stdout
+        if str(OUT) not in where:
+            raise pq.PqError("the tree's sources do not win over the installed packages")
         tests = travelling_tests(line)
         if not tests:
             raise pq.PqError("the series carries no tests under tests/")
         proc = _sh(
-            [args.python, "-m", "pytest", "--unit", "-p", "no:cacheprovider", "-q", *tests],
+            [
+                os.path.abspath(args.python),
+                "-m",
+                "pytest",
+                "--unit",
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                *tests,
+            ],
             OUT,
             check=False,
         )
