@@ -492,6 +492,10 @@ def test_make_pr_writes_one_folder_per_patch_and_an_index(scratch: Path) -> None
 
 def test_cover_is_regenerated_below_its_marker_and_checked(scratch: Path) -> None:
     cover = scratch / "patches" / LINE / "COVER.md"
+    first = sorted((scratch / "patches" / LINE).glob("0001-*.patch"))[0]
+    raw = first.read_text()
+    start = raw.index("\nStandalone: ") + 1
+    first.write_text(raw[:start] + raw[raw.index("\n\n", start) + 2 :])  # one that states none
     cover.write_text("# Hand-written cover\n\nOur words.\n\n" + pq.COVER_MARKER + "\nold list\n")
     assert _pq(scratch, "check-cover").returncode == 1
     assert _pq(scratch, "cover").returncode == 0
