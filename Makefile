@@ -46,7 +46,7 @@ export: ## rewrite patches/$(LINE)/ from the commits in the generated tree
 check-export: ## apply + export must leave patches/$(LINE)/ byte-identical
 	$(PQ) check-export
 
-check-series: venv ## every prefix applies, compiles, passes its travelling tests; each patch's tests fail without it
+check-series: venv ## every prefix applies, compiles, passes its travelling tests and the pins; each patch's tests fail without it
 	$(PQ) check-series --python $(VENV)/bin/python
 
 cover: ## regenerate patches/$(LINE)/COVER.md (below its marker) from the series
