@@ -443,6 +443,34 @@ def test_labelled_paragraphs_become_the_pull_request_sections(tmp_path: Path) ->
     assert pq._issue_ref("https://github.com/livekit/agents/pull/7001") == "livekit/agents#7001"
 
 
+def test_a_declared_need_is_a_dependency_and_leaves_the_upstream_patch(tmp_path: Path) -> None:
+    line = pq.load_line(LINE)
+    needing = RECONNECT.replace(
+        "Bug: https://github.com/livekit/agents/issues/6205\n",
+        "Needs: 0001 (the outcome API)\nBug: https://github.com/livekit/agents/issues/6205\n",
+    )
+    unrelated = API.replace(" livekit-agents/livekit/agents/x.py", " livekit-agents/y.py").replace(
+        "livekit/agents/x.py", "livekit/agents/y.py"
+    )
+    patches = [
+        _read(tmp_path, "0001-feat-llm.patch", unrelated),
+        _read(tmp_path, "0002-fix-openai-bound.patch", needing),
+    ]
+    assert pq.depends_on(patches, 1) == []  # no shared file
+    assert [(p.number, why) for p, why in pq.needs(patches, 1)] == [("0001", "the outcome API")]
+    assert pq.dependency_numbers(patches, 1) == "0001"
+    body = pq.pr_body(line, patches, 1, [])
+    assert (
+        "It builds on what these add, so it does not work without them:\n\n"
+        "- feat(llm): let a realtime generation report how it ended (0001 of the series, "
+        "not sent yet): the outcome API" in body
+    )
+    assert "Needs:" not in patches[1].upstream_patch()
+    wrong = _read(tmp_path, "0002-fix-openai-bound.patch", needing.replace("0001 (", "0009 ("))
+    with pytest.raises(pq.PqError, match="Needs: 0009 is not an earlier patch"):
+        pq.needs([patches[0], wrong], 1)
+
+
 def test_bench_figures_are_copied_from_the_report(tmp_path: Path) -> None:
     line = pq.load_line(LINE)
     report = tmp_path / "REPORT.md"

@@ -563,7 +563,15 @@ def check_export(line: Line) -> None:
 
 # Trailers that are about this queue, not about the change (DEP-3 style): they stay here and are
 # dropped from what goes upstream (`make pr`). Any other trailer (Co-authored-by, ...) is kept.
-QUEUE_TRAILERS = ("bug", "forwarded", "origin", "tests", "last-update", "applied-upstream")
+QUEUE_TRAILERS = (
+    "bug",
+    "forwarded",
+    "origin",
+    "tests",
+    "needs",
+    "last-update",
+    "applied-upstream",
+)
 _TRAILER_RE = re.compile(r"([A-Za-z][A-Za-z0-9-]*):[ \t]")
 _TESTS_NONE_RE = re.compile(r"^Tests:[ \t]*none[ \t]*\((?P<reason>.+)\)[ \t]*$", re.M | re.I)
 _TEST_DEF_RE = re.compile(r"^\+[ \t]*(?:async[ \t]+)?def[ \t]+(test_\w+)[ \t]*\(")
@@ -1014,6 +1022,34 @@ def depends_on(patches: list[Patch], index: int) -> list[tuple[Patch, list[str]]
     return found
 
 
+_NEEDS_RE = re.compile(r"(?P<number>\d{4})(?:[ \t]*\((?P<reason>[^)]*)\))?")
+
+
+def needs(patches: list[Patch], index: int) -> list[tuple[Patch, str]]:
+    """The earlier patches that patch ``index`` declares it builds on, with the reason.
+
+    Declared with the queue trailer ``Needs: 0011 (the outcome API), 0014`` for a dependency
+    that no shared file shows (an API an earlier patch adds and this one uses).
+    """
+    by_number = {p.number: p for p in patches[:index]}
+    found: list[tuple[Patch, str]] = []
+    for value in patches[index].trailer("Needs"):
+        for m in _NEEDS_RE.finditer(value):
+            if m["number"] not in by_number:
+                raise PqError(
+                    f"{patches[index].stem}: Needs: {m['number']} is not an earlier patch"
+                )
+            found.append((by_number[m["number"]], (m["reason"] or "").strip()))
+    return found
+
+
+def dependency_numbers(patches: list[Patch], index: int) -> str:
+    """The earlier patches patch ``index`` depends on (shared files or declared), as a cell."""
+    numbers = {dep.number for dep, _ in depends_on(patches, index)}
+    numbers |= {dep.number for dep, _ in needs(patches, index)}
+    return ", ".join(sorted(numbers)) or "-"
+
+
 def _forwarded(patch: Patch) -> str:
     urls = [v for v in patch.trailer("Forwarded") if v.startswith("http")]
     return urls[0] if urls else "not sent yet"
@@ -1217,6 +1253,11 @@ def pr_body(line: Line, patches: list[Patch], index: int, bench: list[str]) -> s
             out.append(
                 "Whether it is useful without them is not stated (no `Standalone:` paragraph)."
             )
+    if declared := needs(patches, index):
+        out += ["", "It builds on what these add, so it does not work without them:", ""]
+        for dep, reason in declared:
+            why = f": {reason}" if reason else ""
+            out.append(f"- {dep.subject} ({dep.number} of the series, {_forwarded(dep)}){why}")
     out += ["", OBJECTIONS.rstrip("\n")]
     return unwrap("\n".join(out)) + "\n"
 
@@ -1252,7 +1293,7 @@ def pr_index(line: Line, patches: list[Patch]) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for i, patch in enumerate(patches):
-        deps = ", ".join(dep.number for dep, _ in depends_on(patches, i)) or "-"
+        deps = dependency_numbers(patches, i)
         out.append(
             f"| {patch.number} | [{_cell(patch.subject)}]({patch.stem}/body.md) | "
             f"{_lines_cell(line, patch)} | {_cell(_tests_cell(line, patch))} | {deps} |"
@@ -1318,7 +1359,7 @@ def cover_text(line: Line, patches: list[Patch], current: str | None) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for i, patch in enumerate(patches):
-        deps = ", ".join(dep.number for dep, _ in depends_on(patches, i)) or "-"
+        deps = dependency_numbers(patches, i)
         standalone = patch.standalone or "(not stated)"
         out.append(
             f"| {patch.number} | {_cell(patch.subject)} | {_lines_cell(line, patch)} | "
@@ -1329,11 +1370,12 @@ def cover_text(line: Line, patches: list[Patch], current: str | None) -> str:
         "Lines: what each patch adds and removes (the travelling tests' share in parentheses).",
         "Travelling tests: the test modules under `tests/` the patch adds or changes, with the",
         "number of test functions it adds. Depends on: the earlier patches that change the same",
-        "files (it does not apply without them; each patch is tested on top of all earlier",
-        "ones). Standalone: the `Standalone:` paragraph of the commit message. `make",
-        "check-series` checks that every prefix applies, compiles and passes its travelling",
-        "tests, and that each patch's tests fail without it; `make pr` writes each pull request",
-        "(title, body, patch) to `build/pr/`.",
+        "files (it does not apply without them), and those its `Needs:` trailer names (it uses",
+        "what they add); each patch is tested on top of all earlier ones. Standalone: the",
+        "`Standalone:` paragraph of the commit message. `make check-series` checks that every",
+        "prefix applies, compiles and passes its travelling tests and the pins, and that each",
+        "patch's tests fail without it; `make pr` writes each pull request (title, body, patch)",
+        "to `build/pr/`.",
     ]
     return preamble + "\n".join(out) + "\n"
 
