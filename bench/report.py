@@ -466,7 +466,10 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
             "after audio 1 %, close mid-stream 1 %, close after created, no answer, "
             "`incomplete`, `rate_limits.updated` with remaining 0: 0.5 % each), max_retry=3. "
             "tracemalloc runs during the whole soak (1 frame), which inflates CPU equally on "
-            "both builds.",
+            "both builds. The invariants: no speech ends silently, no overlapping "
+            "`response.create`, the session does not close, and no more `error` events than "
+            "causes (the failures on the wire, plus each request the client timed out: under "
+            "this load a 1 s `conn_options.timeout` can expire before a late answer).",
             "",
             _row(
                 [
