@@ -63,12 +63,8 @@ def _monorepo_files(monorepo: Path, dest: Path) -> None:
 def travelling_tests(line: pq.Line) -> list[str]:
     """The test files the series adds or changes, in monorepo paths, in series order."""
     files: list[str] = []
-    for name in line.series():
-        for row in (line.patch_dir / name).read_text().splitlines():
-            if row.startswith("+++ b/tests/") and row.endswith(".py"):
-                path = row[len("+++ b/") :]
-                if path not in files:
-                    files.append(path)
+    for patch in pq.read_series(line):
+        files += [f.path for f in patch.test_files(line) if f.path not in files]
     return files
 
 
@@ -87,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(OUT)
         OUT.mkdir(parents=True)
         _monorepo_files(args.monorepo.resolve(), OUT)
-        clashes = [t for t in travelling_tests(line) if (OUT / t).exists()]
+        tests = travelling_tests(line)
+        if not tests:
+            raise pq.PqError("the series carries no tests under tests/")
+        clashes = [t for t in tests if (OUT / t).exists()]
         if clashes:
             raise pq.PqError("the monorepo already has " + ", ".join(clashes))
         for pkg in line.packages:
@@ -100,23 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         patches = [str(line.patch_dir / name) for name in line.series()]
         _sh(["git", "am", "--keep-cr", *patches], OUT)
         _sh(["git", "log", "--oneline", f"-{len(patches) + 1}"], OUT)
-        env_path = os.pathsep.join(str(OUT / pkg.path) for pkg in line.packages)
-        os.environ["PYTHONPATH"] = env_path
-        where = _sh(
-            [
-                os.path.abspath(args.python),
-                "-c",
-                "import livekit.agents as a, livekit.plugins.openai as o; "
-                "print('livekit.agents from', a.__file__); "
-                "print('livekit.plugins.openai from', o.__file__)",
-            ],
-            OUT,
-        ).stdout
-        if str(OUT) not in where:
-            raise pq.PqError("the tree's sources do not win over the installed packages")
-        tests = travelling_tests(line)
-        if not tests:
-            raise pq.PqError("the series carries no tests under tests/")
+        pq._check_sources_win(line, os.path.abspath(args.python), OUT)
+        os.environ.update(pq._source_env(line, OUT))
         proc = _sh(
             [
                 os.path.abspath(args.python),

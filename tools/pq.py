@@ -804,23 +804,29 @@ class TestRun:
         return self.returncode in (0, 5) and not self.failures()
 
 
-def _source_env(line: Line) -> dict[str, str]:
-    """PYTHONPATH with the generated tree's packages first: they win over the venv's wheels."""
-    paths = [str(line.work_tree / pkg.path) for pkg in line.packages]
+def _source_env(line: Line, root: Path | None = None) -> dict[str, str]:
+    """PYTHONPATH with the tree's packages first: they win over the venv's wheels.
+
+    ``root``: the monorepo root the packages lie under; the generated tree by default.
+    """
+    root = root or line.work_tree
+    paths = [str(root / pkg.path) for pkg in line.packages]
     if os.environ.get("PYTHONPATH"):
         paths.append(os.environ["PYTHONPATH"])
     return {"PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def _check_sources_win(line: Line, python: str) -> None:
-    """The travelling tests must import the generated tree, not the wheels in the venv."""
+def _check_sources_win(line: Line, python: str, root: Path | None = None) -> None:
+    """The travelling tests must import the tree (``root``, the generated one by default), not
+    the wheels in the venv."""
+    root = root or line.work_tree
     modules = {".".join(Path(pkg.version_file).parent.parts): pkg for pkg in line.packages}
     probe = (
         "import importlib, sys\nfor m in sys.argv[1:]: print(importlib.import_module(m).__file__)"
     )
-    proc = run([python, "-c", probe, *modules], cwd=line.work_tree, env=_source_env(line))
+    proc = run([python, "-c", probe, *modules], cwd=root, env=_source_env(line, root))
     for (module, pkg), where in zip(modules.items(), proc.stdout.split(), strict=True):
-        if not Path(where).resolve().is_relative_to((line.work_tree / pkg.path).resolve()):
+        if not Path(where).resolve().is_relative_to((root / pkg.path).resolve()):
             raise PqError(
                 f"with PYTHONPATH on the generated tree, {module} still imports from {where}, "
                 f"not from {pkg.path}/: the travelling tests would test the venv's wheels"
@@ -828,7 +834,7 @@ def _check_sources_win(line: Line, python: str) -> None:
     print(
         f"pq: travelling tests run with {python}, importing "
         + ", ".join(f"{m} from {p.path}/" for m, p in modules.items())
-        + " (the generated tree)",
+        + f" (the tree at {root})",
         file=sys.stderr,
     )
 
