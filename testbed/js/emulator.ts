@@ -80,16 +80,19 @@ export class Emulator {
     return (await this.records({ events: false })).num_connections;
   }
 
-  /** Bounded wait for a condition on the records; returns the records that satisfied it. */
+  /**
+   * Bounded wait for a condition on the records; returns the records that satisfied it. The
+   * deadline is on the monotonic clock: a test may move `Date` (fake timers).
+   */
   async waitFor(
     predicate: (r: Records) => boolean,
     { timeoutMs = 5000, events = true } = {},
   ): Promise<Records | undefined> {
-    const deadline = Date.now() + timeoutMs;
+    const deadline = performance.now() + timeoutMs;
     for (;;) {
       const r = await this.records({ events });
       if (predicate(r)) return r;
-      if (Date.now() > deadline) return undefined;
+      if (performance.now() > deadline) return undefined;
       await new Promise((resolve) => setTimeout(resolve, 25));
     }
   }

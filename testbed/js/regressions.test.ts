@@ -2,9 +2,9 @@
 // one per reported symptom, against the project's emulator on 127.0.0.1. Each asserts the
 // correct behaviour, so each fails on pristine 1.9.0 (`make js-pristine-check`) with an
 // AssertionError that names the symptom, and passes on the patched build.
-import { type llm, voice } from '@livekit/agents';
+import { APIConnectionError, type llm, voice } from '@livekit/agents';
 import * as openai from '@livekit/agents-plugin-openai';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Emulator, type FaultPlan, ProcessGuard, sleep } from './emulator.js';
 
 interface Opened {
@@ -23,6 +23,7 @@ beforeEach(() => {
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
   guard.uninstall();
+  vi.useRealTimers();
 });
 
 async function open(
@@ -56,11 +57,36 @@ async function open(
 
 const fatal = (errors: llm.RealtimeModelError[]) => errors.filter((e) => !e.recoverable);
 
+/** Bounded wait (monotonic clock: a test may move `Date`) for a condition. */
+async function until(condition: () => boolean, windowMs: number): Promise<void> {
+  const deadline = performance.now() + windowMs;
+  while (!condition() && performance.now() < deadline) await sleep(20);
+}
+
 /** Wait until the session reported a non-recoverable error, or the window ends. */
 async function settle(errors: llm.RealtimeModelError[], windowMs: number): Promise<void> {
-  const deadline = Date.now() + windowMs;
-  while (fatal(errors).length === 0 && Date.now() < deadline) await sleep(20);
+  await until(() => fatal(errors).length > 0, windowMs);
   await sleep(300); // anything that would still follow a terminal error
+}
+
+/** The types of the server events the session received, in order. */
+function serverEvents(session: openai.realtime.RealtimeSession): string[] {
+  const types: string[] = [];
+  session.on('openai_server_event_received', (ev: { type?: unknown }) => {
+    types.push(String(ev?.type));
+  });
+  return types;
+}
+
+/**
+ * Make `Date` run 11 s ahead every 100 ms (timers stay real), so that every connection that
+ * lives a few hundred milliseconds has been up for more than the 10 s after which a connection
+ * that did not fail counts as healthy.
+ */
+function fastForwardTheClock(): void {
+  vi.useFakeTimers({ toFake: ['Date'], shouldAdvanceTime: true });
+  const timer = setInterval(() => vi.setSystemTime(Date.now() + 11_000), 100);
+  cleanups.push(async () => clearInterval(timer));
 }
 
 describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }, () => {
@@ -161,6 +187,85 @@ describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }
     ).toEqual([]);
   });
 
+  it('a server frame that is not JSON is skipped, and the session goes on', async () => {
+    const { emu, session } = await open({
+      responses: { '1': { fault: 'Malformed', kind: 'bad_json' } },
+    });
+    const received = serverEvents(session);
+    void session.generateReply().catch(() => undefined);
+    await until(() => received.includes('response.done') || guard.uncaught.length > 0, 3000);
+    expect(guard.uncaught, 'uncaught error on a server frame that is not JSON').toEqual([]);
+    expect(
+      received.includes('response.done'),
+      'the response in flight did not go on after a server frame that is not JSON',
+    ).toBe(true);
+    expect(await emu.numConnections(), 'a server frame that is not JSON cost the connection').toBe(
+      1,
+    );
+  });
+
+  it('a server that fails after more than 10 s up still runs out of attempts', async () => {
+    // each connection is up for more than 10 s by `Date` (fastForwardTheClock) before the server
+    // sends an error and closes: staying up proves nothing when the connection then failed
+    fastForwardTheClock();
+    const { emu, errors } = await open(
+      { every_connection: { fault: 'ErrorThenClose', code: 'server_error', after: 0.3 } },
+      { maxRetry: 2 },
+    );
+    await settle(errors, 4000);
+    expect(
+      await emu.numConnections(),
+      'reconnected for ever: attempts under a server that fails after 10 s up (max_retry=2)',
+    ).toBe(3);
+    expect(fatal(errors).length, 'non-recoverable error events').toBe(1);
+  });
+
+  it('the planned reconnect after a healthy connection resets the attempt counter', async () => {
+    // attempt 1 fails; attempt 2 completes a response (healthy) and reconnects as planned at
+    // maxSessionDuration; attempts 3.. fail: the failure before the healthy period is forgotten,
+    // so max_retry=1 still allows attempts 3 and 4
+    const { emu, session, errors } = await open(
+      {
+        connections: { '1': { fault: 'AcceptThenClose' }, '2': { fault: 'Healthy' } },
+        every_connection: { fault: 'AcceptThenClose' },
+      },
+      { maxRetry: 1, maxSessionDuration: 1500 },
+    );
+    const received = serverEvents(session);
+    await emu.waitFor((r) => r.num_connections >= 2, { events: false });
+    void session.generateReply().catch(() => undefined);
+    await until(() => received.includes('response.done'), 3000);
+    await settle(errors, 5000);
+    expect(
+      await emu.numConnections(),
+      'a failure from before the planned reconnect of a healthy connection still counted',
+    ).toBe(4);
+    expect(fatal(errors).length, 'non-recoverable error events').toBe(1);
+  });
+
+  it('a refused client event does not hide the disconnect that follows', async () => {
+    // the server refuses a response.create (an active response already runs), then, later, it
+    // closes the socket: the refusal is not what the close is about, so the close is reported
+    const { emu, session, errors } = await open({
+      connections: { '1': { fault: 'AcceptThenClose', after: 1.0 } },
+      responses: {
+        '1': {
+          fault: 'RejectCreate',
+          code: 'conversation_already_has_active_response',
+          type: 'invalid_request_error',
+          message: 'Conversation already has an active response.',
+        },
+      },
+    });
+    void session.generateReply().catch(() => undefined);
+    await emu.waitFor((r) => r.num_connections >= 2, { events: false });
+    await sleep(300);
+    expect(
+      errors.map((e) => e.error instanceof APIConnectionError),
+      'the disconnect after a refused client event was not reported',
+    ).toEqual([false, true]);
+  });
+
   it('an AgentSession whose realtime model cannot connect closes, with one error', async () => {
     const emu = await Emulator.start({ every_connection: { fault: 'RejectUpgrade', status: 500 } });
     cleanups.push(() => emu.close());
@@ -177,8 +282,7 @@ describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }
     cleanups.push(() => session.close());
     await session.start({ agent: new voice.Agent({ instructions: 'You are a test agent.' }) });
 
-    const deadline = Date.now() + 5000;
-    while (closed.length === 0 && Date.now() < deadline) await sleep(20);
+    await until(() => closed.length > 0, 5000);
     expect(closed.length, 'the AgentSession never closed after the connection failed').toBe(1);
     const fatalErrors = errors.filter((e) => !e.error.recoverable);
     expect(fatalErrors.length, 'non-recoverable session error events').toBe(1);
