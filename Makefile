@@ -188,7 +188,7 @@ js-upstream-tests: js-packages venv-emulator ## upstream's shipped realtime vite
 js-pristine-check: venv-emulator ## the JS regression tests must fail on pristine 1.9.0
 	$(JSNPM) pristine-check
 
-js-test: js-lint js-check-export js-upstream-tests js-pristine-check venv-emulator ## the JS line: build, checks, all tests
+js-test: js-lint js-check-export js-upstream-tests js-pristine-check venv-emulator ## the JS line: build, checks, all tests (regressions + conformance on patched)
 	$(JSNPM) test --build patched plugins/openai/src/realtime/ rtretry-tests/
 
 js-bench: js-packages venv-emulator ## JS reconnect storm (connections in 10 s) + memory, pristine vs patched
