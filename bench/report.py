@@ -613,4 +613,45 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
                 ]
             )
         )
+    lines += _long_session_lines(results)
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
+
+
+def _long_session_lines(results: dict[str, Any]) -> list[str]:
+    """The long-session section (bench/long_session.py), if the run has it."""
+    runs = results.get("long_session")
+    if runs is None:
+        return []
+    first = runs["patched"]
+    turns = sorted(first["next_reply_delay_ms"], key=int)
+    lines = [
+        "",
+        "## A long session: next-reply delay after an interruption, and expiries",
+        "",
+        f"One bare engine session, {first['turns']} turns, `conn_options.timeout` "
+        f"{first['timeout_s']} s; {first['unanswered_requests']} requests the server never "
+        f"answers, and {first['expiries']} server expiries (`session_expired` after 10.5 s of "
+        "a connection). At each measured turn the user interrupts as the request goes out and "
+        "asks again at once; the delay runs from the interrupted response's `response.done` "
+        "to the next `response.create` at the server (`bench/long_session.py`). A flat row "
+        "means no stale state holds later replies back.",
+        "",
+        _row(
+            ["build", *[f"turn {t} (ms)" for t in turns], "connections per expiry", "failed turns"]
+        ),
+        _row(["---"] * (len(turns) + 3)),
+    ]
+    for build in ("pristine", "patched"):
+        run = runs[build]
+        delays = [run["next_reply_delay_ms"].get(t) for t in turns]
+        lines.append(
+            _row(
+                [
+                    build,
+                    *[_fmt(d, "", 1) for d in delays],
+                    _fmt(run["connections_per_expiry"], "", 2),
+                    run["failed_turns"],
+                ]
+            )
+        )
+    return lines

@@ -251,6 +251,11 @@ def main() -> int:
     # 5. fault matrix, from the scenarios the tests use
     results["matrix"] = {b: run_worker(pythons[b], "matrix") for b in BUILDS}
     log("matrix done")
+
+    # 6. a long session: the next-reply delay after an interruption, early and late, and the
+    # connections each server expiry costs
+    results["long_session"] = {b: run_worker(pythons[b], "long_session") for b in BUILDS}
+    log(f"long session: {results['long_session']['patched']['next_reply_delay_ms']}")
     results["elapsed_s"] = time.monotonic() - t0
 
     (args.out / "results").mkdir(parents=True, exist_ok=True)

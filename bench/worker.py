@@ -22,6 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.long_session import suite_long_session  # noqa: E402
 from livekit.agents import __version__  # noqa: E402
 from testbed.harness import SessionHarness  # noqa: E402
 from testbed.realtime_emulator import (  # noqa: E402
@@ -514,6 +515,7 @@ SUITES: dict[str, Callable[..., Awaitable[Any]]] = {
     "matrix": suite_matrix,
     "soak": suite_soak,
     "profile": suite_profile,
+    "long_session": suite_long_session,
 }
 
 

@@ -886,6 +886,17 @@ async def test_error_then_close_with_rate_limits(http: aiohttp.ClientSession) ->
         assert events[1]["error"]["code"] == "rate_limit_exceeded"
 
 
+async def test_error_then_close_later(http: aiohttp.ClientSession) -> None:
+    # the error at once, the close close_after seconds later (a close that is a new cause)
+    fault = ErrorThenClose(code="server_error", type="server_error", close_after=0.3)
+    async with RealtimeEmulator(FaultPlan(every_connection=fault)) as emu:
+        c = await RawClient(http, emu).connect()
+        assert (await c.recv())["type"] == "error"
+        assert emu.connections[0].closed_at is None, "closed with the error"
+        assert (await c.recv(timeout=2.0))["type"] == "<closed>"
+        assert emu.connections[0].closed_by == "server"
+
+
 def test_random_faults_are_seeded() -> None:
     first = random_faults(0.3, seed=7, count=1000)
     assert first == random_faults(0.3, seed=7, count=1000)

@@ -264,6 +264,7 @@ class ErrorThenClose:
         message: ``error.message``.
         rate_limits: if set, a ``rate_limits.updated`` with these entries precedes the error.
         after: seconds of normal service before the error (a server that fails late).
+        close_after: seconds between the error and the close (0: at once, as servers do).
     """
 
     code: str = "server_error"
@@ -271,6 +272,7 @@ class ErrorThenClose:
     message: str = "The server had an error while processing your request."
     rate_limits: tuple[RateLimit, ...] | None = None
     after: float = 0.0
+    close_after: float = 0.0
 
 
 @dataclass(frozen=True)

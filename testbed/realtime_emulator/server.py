@@ -633,7 +633,7 @@ class RealtimeEmulator:
 
         await conn.send(self._session_created_event())
 
-        if isinstance(fault, ErrorThenClose) and fault.after <= 0:
+        if isinstance(fault, ErrorThenClose) and fault.after <= 0 and fault.close_after <= 0:
             await self._error_then_close(conn, fault)
             return
 
@@ -668,6 +668,8 @@ class RealtimeEmulator:
         await conn.send(
             {"type": "error", "error": _error_body(fault.type, fault.code, fault.message)}
         )
+        if fault.close_after > 0:
+            await asyncio.sleep(fault.close_after)
         await conn.close()
         conn.record.closed_at = time.monotonic()
 
