@@ -6,7 +6,7 @@
 // both exactly. Run on the patched build only (`make js-test`), not in the pristine check.
 import { APIConnectionError, APIStatusError, type llm } from '@livekit/agents';
 import * as openai from '@livekit/agents-plugin-openai';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Emulator, type FaultPlan, sleep } from './emulator.js';
@@ -31,16 +31,12 @@ interface Suite {
   cases: Case[];
 }
 
-/**
- * ../conformance/cases.json from testbed/js/ (this file runs from a copy in the build, so the
- * path is taken from RTRETRY_ROOT). Until that file exists, the small development set next to
- * this file (conformance.dev.json, same format) runs instead; the suite's title names the file.
- */
+/** ../conformance/cases.json from testbed/js/ (this file runs from a copy in the build, so the
+ * path is taken from RTRETRY_ROOT). */
 function loadSuite(): { path: string; suite: Suite } {
   const root = process.env.RTRETRY_ROOT;
   if (!root) throw new Error('RTRETRY_ROOT must be set (run through tools/pq_npm.py)');
-  const shared = join(root, 'testbed', 'conformance', 'cases.json');
-  const path = existsSync(shared) ? shared : join(root, 'testbed', 'js', 'conformance.dev.json');
+  const path = join(root, 'testbed', 'conformance', 'cases.json');
   return { path, suite: JSON.parse(readFileSync(path, 'utf8')) as Suite };
 }
 
@@ -69,7 +65,7 @@ describe(`conformance: ${path.slice(path.lastIndexOf('testbed'))}`, () => {
   });
 
   for (const c of suite.cases) {
-    it(`${c.rule}: ${c.name}`, { timeout: c.settle_ms + 15_000 }, async () => {
+    it(`${c.name} (${c.rule})`, { timeout: c.settle_ms + 15_000 }, async () => {
       const options = { ...suite.options, ...c.options };
       const emu = await Emulator.start(c.plan);
       cleanups.push(() => emu.close());
