@@ -204,20 +204,20 @@ describe('agents-js#934: OpenAI realtime connection faults', { timeout: 15_000 }
     );
   });
 
-  it('a server that fails after more than 10 s up still runs out of attempts', async () => {
-    // each connection is up for more than 10 s by `Date` (fastForwardTheClock) before the server
-    // sends an error and closes: staying up proves nothing when the connection then failed.
-    // Pristine 1.9.0 has no health rule (every reconnect resets its counter), so it fails here
-    // the same way: it reconnects for ever.
+  it('a server that fails early and closes after 10 s up still runs out of attempts', async () => {
+    // the server sends an error at once and closes the connection only after it has been up for
+    // more than 10 s by `Date` (fastForwardTheClock): staying up proves nothing when the
+    // connection failed before the 10 s elapsed. Pristine 1.9.0 has no health rule (every
+    // reconnect resets its counter), so it fails here the same way: it reconnects for ever.
     fastForwardTheClock();
     const { emu, errors } = await open(
-      { every_connection: { fault: 'ErrorThenClose', code: 'server_error', after: 0.3 } },
+      { every_connection: { fault: 'ErrorThenClose', code: 'server_error', close_after: 0.3 } },
       { maxRetry: 2 },
     );
     await settle(errors, 4000);
     expect(
       await emu.numConnections(),
-      'reconnected for ever: attempts under a server that fails after 10 s up (max_retry=2)',
+      'reconnected for ever: attempts under a server that fails early and closes after 10 s up (max_retry=2)',
     ).toBe(3);
     expect(fatal(errors).length, 'non-recoverable error events').toBe(1);
   });
