@@ -66,7 +66,7 @@ $(BUILD_VENV)/.ok: requirements/build.txt
 	$(BUILD_VENV)/bin/pip install -q -r requirements/build.txt
 	touch $@
 
-$(WHEELS_STAMP): $(BUILD_VENV)/.ok $(PATCHES) tools/pq.py
+$(WHEELS_STAMP): $(BUILD_VENV)/.ok $(PATCHES) tools/pq.py $(wildcard tools/patchqueue/*.py)
 	$(PQ) apply
 	$(PQ) wheels --python $(BUILD_VENV)/bin/python
 	touch $@
@@ -156,7 +156,7 @@ js-apply: ## generate agents-js/ from the pinned npm tarballs and git-am patches
 	$(JSPQ) apply
 
 $(JS_STAMP): upstream/$(JSLINE).toml patches/$(JSLINE)/series $(wildcard patches/$(JSLINE)/*.patch) \
-             tools/pq.py tools/pq_npm.py $(wildcard tools/js/*)
+             tools/pq.py tools/pq_npm.py $(wildcard tools/patchqueue/*.py) $(wildcard tools/js/*)
 	$(JSPQ) apply
 	$(JSPQ) wheels
 	touch $@

@@ -238,7 +238,7 @@ def test_check_series_proves_each_patch_by_its_travelling_tests(scratch: Path) -
 # --- make pr and make cover: reading a patch, composing a pull request -------------------------
 
 sys.path.insert(0, str(REPO / "tools"))
-import pq  # noqa: E402
+import patchqueue as pq  # noqa: E402
 
 _HEAD = (
     "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
