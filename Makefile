@@ -140,7 +140,7 @@ endif
 
 test: lint typecheck pristine-check review-check check-export check-cover check-series pytest monorepo-check upstream-suite js-test ## all that CI runs (both lines)
 
-bench: venv venv-pristine js-bench ## pristine vs patched bench + soak (both lines); bench/REPORT.md, results/
+bench: venv venv-pristine js-bench ## pristine vs patched bench + soak + callgrind instruction count (both lines); bench/REPORT.md, results/
 	$(VENV)/bin/pip install -q -r requirements/bench.txt
 	$(VENV)/bin/python bench/run.py --line $(LINE) --patched $(VENV)/bin/python \
 	  --pristine $(PRISTINE_VENV)/bin/python $(BENCH_ARGS)
