@@ -387,7 +387,8 @@ def report_lines(result: dict[str, Any], timed: dict[str, Any] | None = None) ->
         "`openai.realtime.RealtimeModel`, 3 warm-up turns, then N happy turns), instrumented "
         f"{result['instrumentation']}. Instructions per turn = (I(N={result['long_turns']}) - "
         f"I(N={result['short_turns']})) / {result['long_turns'] - result['short_turns']}, so "
-        "start-up, imports, session start and close cancel. Pristine and patched alternate; "
+        "start-up, imports, session start and close cancel. Pristine and patched alternate, "
+        "each repetition with its own `PYTHONHASHSEED` for both builds; "
         f"{result['reps']} repetitions, stopped as soon as the interval decided the goal.",
         "",
         _md_row(["build", "M instructions per turn (mean)", "median", "min", "max", "CV"]),
