@@ -1,9 +1,12 @@
 """The npm half: build, pack, verify and test an npm line of the patch queue (``js-1.9.0``).
 
 The rest of the package fetches, lays out, applies and exports every line; this module is the
-npm half of ``pq wheels`` and ``pq check-series``, and the JS test runner. It uses the rest of
-the package and nothing in the package imports back from it but ``cli`` and ``checkseries``. A *build workspace* is an npm workspace root under
-``build/<line>/<build>/`` (``build`` = ``patched`` or ``pristine``) that holds:
+npm half of ``pq wheels`` and ``pq check-series``, and the JS test runner. It imports
+``common``, ``pins``, ``tree``, ``queue`` and ``wheels``, never the modules that use it
+(``checkseries``, ``cli``), so there is no import cycle.
+
+A *build workspace* is an npm workspace root under ``build/<line>/<build>/`` (``build`` =
+``patched`` or ``pristine``) that holds:
 
 - ``agents/``, ``plugins/openai/``: the packages at their monorepo paths. ``patched`` copies
   the generated tree (the series applied; no ``dist/``) and builds it; ``pristine`` lays out
