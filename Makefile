@@ -66,7 +66,7 @@ $(BUILD_VENV)/.ok: requirements/build.txt
 	$(BUILD_VENV)/bin/pip install -q -r requirements/build.txt
 	touch $@
 
-$(WHEELS_STAMP): $(BUILD_VENV)/.ok $(PATCHES) tools/pq.py
+$(WHEELS_STAMP): $(BUILD_VENV)/.ok $(PATCHES) tools/pq.py $(wildcard tools/patchqueue/*.py)
 	$(PQ) apply
 	$(PQ) wheels --python $(BUILD_VENV)/bin/python
 	touch $@
@@ -140,7 +140,7 @@ endif
 
 test: lint typecheck pristine-check review-check check-export check-cover check-series pytest monorepo-check upstream-suite js-test ## all that CI runs (both lines)
 
-bench: venv venv-pristine js-bench ## pristine vs patched bench + soak (both lines); bench/REPORT.md, results/
+bench: venv venv-pristine js-bench ## pristine vs patched bench + soak + callgrind instruction count (both lines); bench/REPORT.md, results/
 	$(VENV)/bin/pip install -q -r requirements/bench.txt
 	$(VENV)/bin/python bench/run.py --line $(LINE) --patched $(VENV)/bin/python \
 	  --pristine $(PRISTINE_VENV)/bin/python $(BENCH_ARGS)
@@ -156,7 +156,7 @@ js-apply: ## generate agents-js/ from the pinned npm tarballs and git-am patches
 	$(JSPQ) apply
 
 $(JS_STAMP): upstream/$(JSLINE).toml patches/$(JSLINE)/series $(wildcard patches/$(JSLINE)/*.patch) \
-             tools/pq.py tools/pq_npm.py $(wildcard tools/js/*)
+             tools/pq.py tools/pq_npm.py $(wildcard tools/patchqueue/*.py) $(wildcard tools/js/*)
 	$(JSPQ) apply
 	$(JSPQ) wheels
 	touch $@

@@ -135,6 +135,8 @@ def main() -> int:
     parser.add_argument("--soak-turns", type=int, default=25, help="turns per soak session")
     parser.add_argument("--storm-window", type=float, default=5.0)
     parser.add_argument("--cycles", type=int, default=200, help="reconnect cycles for memory")
+    parser.add_argument("--no-callgrind", action="store_true", help="skip bench/callgrind.py")
+    parser.add_argument("--callgrind-reps", type=int, default=8, help="at most, until decided")
     parser.add_argument("--out", type=Path, default=BENCH)
     parser.add_argument("--report-only", type=Path, help="rewrite the report from a results JSON")
     args = parser.parse_args()
@@ -225,6 +227,15 @@ def main() -> int:
         b: run_worker(pythons[b], "profile", turns=args.profile_turns) for b in BUILDS
     }
     log("profile done")
+
+    # 3c'. the happy turn in instructions under callgrind (bench/callgrind.py): decides the goal
+    if not args.no_callgrind:
+        sys.path.insert(0, str(BENCH))
+        import callgrind
+
+        results["callgrind"] = callgrind.measure(
+            pythons, out=ROOT / "build" / "callgrind", max_reps=args.callgrind_reps, log=log
+        )
 
     # 3c. soak: N concurrent sessions in one process, seeded realistic faults
     results["soak"] = {

@@ -30,18 +30,19 @@ Invariants (``INVARIANTS``; names as reported)
   "Task/Future exception was never retrieved" (after teardown and gc).
 - ``one_error_per_cause``: the session's ``error`` events are no more than the failure causes
   seen on the wire (plus the one error with which the engine gives up, when the session closes
-  or a fallback adapter takes over; README contracts 3 and 6) (a failed / rejected / dropped / unanswered response; a connection attempt
-  rejected, hung, abandoned or dropped in its handshake; a server close that no dropped or
-  failed response explains), and with no cause at all there is no error event and no handle
+  or a fallback adapter takes over; error contract 3 and 6 in docs/error-contract.md) (a
+  failed / rejected / dropped / unanswered response; a connection attempt rejected, hung,
+  abandoned or dropped in its handshake; a server close that no dropped or failed response
+  explains), and with no cause at all there is no error event and no handle
   ends with an exception (an ``incomplete`` response is a normal end, not a cause).
 - ``recoverable_flag_per_contract``: after an error with ``recoverable=True`` something asks
   again (a ``response.create`` or a connection attempt), unless the user cancelled (interrupt,
   VAD turn, shutdown, drop), the session closed, or the server refused the request (a
-  rejected-request code: the turn ends with it, README contract 2); an error with
+  rejected-request code: the turn ends with it, docs/error-contract.md contract 2); an error with
   ``recoverable=False`` is followed by a handle ending with an exception, a fallback swap or
   the session's close; and a handle that ends with an exception (no shutdown involved) had a
   ``recoverable=False`` error, unless it ended with a refused request or with a failure the
-  session reported as a connection fault (README contract 3).
+  session reported as a connection fault (docs/error-contract.md contract 3).
 - ``attempts_bounded``: ``response.create`` s are at most ``(max_retry + 1)`` per turn trigger
   (``generate_reply``, VAD turn, tool reply, fallback swap); per emulator, consecutive
   connection attempts without a healthy one between them (a connection that completed a
@@ -557,7 +558,7 @@ def _refused(error: object) -> bool:
 
 
 def _ends_without_terminal_error(exc: BaseException) -> bool:
-    """A turn may end with this exception and no ``recoverable=False`` error (README contract):
+    """A turn may end with this exception and no ``recoverable=False`` error (the error contract):
     a refused request, or a failure the session reported itself as a connection fault."""
     cause: BaseException | None = exc
     while cause is not None:
@@ -787,8 +788,9 @@ def check(ex: Example, obs: Observation) -> list[Violation]:
     # one_error_per_cause
     n_causes, causes = failure_causes(emus)
     n_errors = len(obs.errors)
-    # README contract 3: once the engine gives up on the connection it reports that itself,
-    # after the per-connection errors (the error event of the last one came at once)
+    # error contract 3 (docs/error-contract.md): once the engine gives up on the connection it
+    # reports that itself, after the per-connection errors (the error event of the last one came
+    # at once)
     swapped = ex.fallback is not None and emus[1].num_connections > 0
     gave_up = swapped or (
         close_time is not None
@@ -844,7 +846,8 @@ def check(ex: Example, obs: Observation) -> list[Violation]:
         if hr.ends_without_terminal_error:
             continue
         if ex.fallback is not None and emus[1].num_connections > 0:
-            # README contract 6: the adapter took over, so the turn's error was recoverable
+            # error contract 6 (docs/error-contract.md): the adapter took over, so the turn's
+            # error was recoverable
             continue
         if not any(t <= hr.ended_at + 0.05 for t in terminal):
             fail(

@@ -144,7 +144,7 @@ FINDINGS: dict[str, tuple[Example, str | None]] = {
             plan=FaultPlan(responses={1: RejectCreate(code="invalid_value")}),
             steps=_REPLY,
         ),
-        None,  # 0010: a refused request ends the turn, recoverable (README contract 2)
+        None,  # 0010: a refused request ends the turn, recoverable (error contract 2)
     ),
     "fatal_after_audio_kept_as_complete": (
         Example(

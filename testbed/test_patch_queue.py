@@ -238,7 +238,7 @@ def test_check_series_proves_each_patch_by_its_travelling_tests(scratch: Path) -
 # --- make pr and make cover: reading a patch, composing a pull request -------------------------
 
 sys.path.insert(0, str(REPO / "tools"))
-import pq  # noqa: E402
+import patchqueue as pq  # noqa: E402
 
 _HEAD = (
     "From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
@@ -441,6 +441,20 @@ def test_labelled_paragraphs_become_the_pull_request_sections(tmp_path: Path) ->
     assert "## Behaviour changes and risks\n\nA failing server now gets max_retry" in text
     assert "Refs livekit/agents#6205" in text.split("## Change")[0]
     assert pq._issue_ref("https://github.com/livekit/agents/pull/7001") == "livekit/agents#7001"
+
+
+def test_the_relation_to_open_pull_requests_is_its_own_section(tmp_path: Path) -> None:
+    labelled = RECONNECT.replace(
+        "- reset only after a healthy connection: a completed response or\n"
+        "  10 s up\n"
+        "- give up after max_retry + 1 attempts\n",
+        "Change: reset only after a healthy\nconnection.\n\n"
+        "Relation to open pull requests: livekit/agents#7092\nkeeps resetting the counter.\n",
+    )
+    patch = _read(tmp_path, "0002-fix-openai-bound.patch", labelled)
+    text = "\n".join(pq.message_sections(patch))
+    assert "## Relation to open pull requests\n\nlivekit/agents#7092 keeps resetting" in text
+    assert "#7092" not in text.split("## Relation to open pull requests")[0]
 
 
 def test_a_declared_need_is_a_dependency_and_leaves_the_upstream_patch(tmp_path: Path) -> None:

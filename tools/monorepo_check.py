@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pq  # noqa: E402
+import patchqueue as pq  # noqa: E402
 
 OUT = pq.ROOT / "build" / "monorepo-check"
 _ENV = {**pq._BASE_ENV, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pq  # noqa: E402
+import patchqueue as pq  # noqa: E402
 
 ERROR_RE = re.compile(
     r"^(?P<file>[^:]+):\d+(?::\d+)?: error: (?P<msg>.*?)(?:  \[(?P<code>[\w-]+)\])?$"

@@ -1,0 +1,286 @@
+"""Where the recovery overhead goes: a recovered turn's timeline, stage by stage, and its profile.
+
+``bench/run.py``'s recovery figure is the time from a failed ``response.done`` (the emulator
+sends it) to the re-issued ``response.create`` (the emulator receives it), minus the backoff.
+This script runs the same scenario (``worker.suite_recovery``: odd responses fail before any
+output, even ones succeed, ``max_retry=3``, ``retry_interval=0.05`` so the first backoff is
+0.1 s, the emulator in the same event loop) on the patched build and splits that interval at
+the points the code passes through, with ``time.monotonic`` stamps (engine events, wrappers
+around ``AgentActivity`` methods, and a stand-in for ``asyncio`` inside ``agent_activity`` that
+stamps sleeps of 50 ms or more):
+
+1. ``done -> engine``: the emulator sends the failed ``response.done``; the engine's receive
+   loop has parsed it (``openai_server_event_received``) and fails the outcome.
+2. ``engine -> turn sees failure``: the turn unwinds the generation (forwarding tasks, tees,
+   outputs) until ``_wait_for_realtime_outcome`` returns the failure; a failed response that
+   opened an item also deletes it here (``_remove_realtime_items``: one round trip).
+3. ``error report``: ``AgentActivity._on_turn_error``: the session's ``error`` event.
+4. ``report -> backoff``: the rest of the retry decision, ``_update_agent_state("thinking")``.
+5. ``backoff overshoot``: the sleep as measured, minus the 100 ms asked for.
+6. ``backoff -> create queued``: ``generate_reply`` again, until ``response.create`` is queued.
+7. ``create queued -> emulator``: the write, until the emulator received it.
+
+It runs twice: with the harness's listeners as they are (``list.append`` bound methods on
+``error`` and ``agent_state_changed``, as in ``bench/run.py``), and with each replaced by a
+Python function that does the same: ``livekit.rtc.EventEmitter.emit`` calls
+``inspect.signature`` on every listener at every emit, which for a builtin method parses its
+text signature (tokenize, ``ast.parse``, ``compile``).
+
+Then a cProfile (CPU time) of recovered turns against happy turns, per function, per turn: the
+functions a recovered turn spends more in. Not part of ``make bench``; run it alone::
+
+    .venv/bin/python bench/recovery_profile.py --samples 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from worker import _turn  # noqa: E402
+
+from testbed.harness import SessionHarness  # noqa: E402
+from testbed.realtime_emulator import FailResponse, FaultPlan, RealtimeEmulator  # noqa: E402
+
+logging.getLogger("livekit.agents").setLevel(logging.CRITICAL)
+logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+STAGES = (
+    "done -> engine",
+    "engine -> turn sees failure",
+    "error report",
+    "report -> backoff",
+    "backoff overshoot",
+    "backoff -> create queued",
+    "create queued -> emulator",
+)
+BACKOFF_MS = 100.0  # APIConnectOptions(retry_interval=0.05)._interval_for_retry(0)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * q // 100) - 1))]
+
+
+class _SleepStamps:
+    """Stands in for the ``asyncio`` module inside ``agent_activity``: stamps the start and the
+    end of every sleep of 50 ms or more there (the retry's backoff); all else is asyncio's."""
+
+    def __init__(self, stamps: list[tuple[float, str]]) -> None:
+        self._stamps = stamps
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float, result: Any = None) -> Any:
+        if delay < 0.05:
+            return await asyncio.sleep(delay, result)
+        self._stamps.append((time.monotonic(), "sleep:start"))
+        try:
+            return await asyncio.sleep(delay, result)
+        finally:
+            self._stamps.append((time.monotonic(), "sleep:end"))
+
+
+def _stamp_methods(stamps: list[tuple[float, str]]) -> list[tuple[type, str, Any]]:
+    """Wrap the turn's methods that mark a stage; returns what to restore."""
+    from livekit.agents.voice.agent_activity import AgentActivity
+
+    restore: list[tuple[type, str, Any]] = []
+    original_outcome = AgentActivity._wait_for_realtime_outcome
+    original_report = AgentActivity._on_turn_error
+
+    async def wait_for_outcome(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original_outcome(self, *args, **kwargs)
+        finally:
+            stamps.append((time.monotonic(), "outcome seen"))
+
+    def on_turn_error(self: Any, *args: Any, **kwargs: Any) -> None:
+        stamps.append((time.monotonic(), "report:start"))
+        try:
+            original_report(self, *args, **kwargs)
+        finally:
+            stamps.append((time.monotonic(), "report:end"))
+
+    for name, wrapper, original in (
+        ("_wait_for_realtime_outcome", wait_for_outcome, original_outcome),
+        ("_on_turn_error", on_turn_error, original_report),
+    ):
+        setattr(AgentActivity, name, wrapper)
+        restore.append((AgentActivity, name, original))
+    return restore
+
+
+def _python_listeners(h: SessionHarness) -> None:
+    """Replace the harness's builtin-method listeners by Python functions doing the same."""
+    session = h.session
+    for event, builtin in (
+        ("error", h.errors.append),
+        ("error", h.timeline.append),
+        ("agent_state_changed", h.timeline.append),
+        ("speech_created", h.speeches.append),
+    ):
+        session.off(event, builtin)
+        session.on(event, lambda ev, append=builtin: append(ev))
+
+
+async def timeline(samples: int, *, python_listeners: bool) -> dict[str, list[float]]:
+    """Per recovered turn, the duration of each stage in ms."""
+    from livekit.agents.voice import agent_activity
+
+    plan = FaultPlan(responses={n: FailResponse() for n in range(1, 2 * samples + 2, 2)})
+    stamps: list[tuple[float, str]] = []
+    out: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    out["total beyond backoff"] = []
+    out["items deleted"] = []
+    agent_activity.asyncio = _SleepStamps(stamps)  # type: ignore[assignment]
+    restore = _stamp_methods(stamps)
+    try:
+        async with RealtimeEmulator(plan) as emu:
+            async with SessionHarness(emu, max_retry=3, retry_interval=0.05, timeout=2.0) as h:
+                if python_listeners:
+                    _python_listeners(h)
+                rt = h.realtime_session
+                assert rt is not None
+                rt.on(
+                    "openai_server_event_received",
+                    lambda ev: stamps.append((time.monotonic(), f"recv:{ev.get('type')}")),
+                )
+                rt.on(
+                    "openai_client_event_queued",
+                    lambda ev: stamps.append((time.monotonic(), f"sent:{ev.get('type')}")),
+                )
+                for _ in range(samples):
+                    n0, s0 = len(emu.responses), len(stamps)
+                    await _turn(h)
+                    recs = emu.responses[n0:]
+                    failed = next((r for r in recs if r.status == "failed"), None)
+                    if failed is None or failed.done_at is None:
+                        continue
+                    after = [r for r in recs if r.requested_at >= failed.done_at]
+                    if not after:
+                        continue
+                    marks = [(t, what) for t, what in stamps[s0:] if t >= failed.done_at]
+
+                    def first(what: str, since: float, marks: list = marks) -> float:
+                        return next(t for t, w in marks if w == what and t >= since)
+
+                    try:
+                        t_engine = first("recv:response.done", failed.done_at)
+                        t_seen = first("outcome seen", t_engine)
+                        t_report = first("report:start", t_seen)
+                        t_reported = first("report:end", t_report)
+                        t_sleep = first("sleep:start", t_reported)
+                        t_woke = first("sleep:end", t_sleep)
+                        t_create = first("sent:response.create", t_woke)
+                    except StopIteration:
+                        continue  # a turn that did not take this path (none expected)
+                    t_emu = after[0].requested_at
+                    stages = [
+                        t_engine - failed.done_at,
+                        t_seen - t_engine,
+                        t_reported - t_report,
+                        (t_report - t_seen) + (t_sleep - t_reported),
+                        t_woke - t_sleep - BACKOFF_MS / 1000,
+                        t_create - t_woke,
+                        t_emu - t_create,
+                    ]
+                    for stage, value in zip(STAGES, stages, strict=True):
+                        out[stage].append(value * 1000)
+                    out["total beyond backoff"].append((t_emu - failed.done_at) * 1000 - BACKOFF_MS)
+                    out["items deleted"].append(
+                        sum(1 for _, w in marks if w == "sent:conversation.item.delete")
+                    )
+    finally:
+        agent_activity.asyncio = asyncio  # type: ignore[assignment]
+        for cls, name, original in restore:
+            setattr(cls, name, original)
+    return out
+
+
+async def profile(turns: int, failing: bool) -> dict[str, dict[str, float]]:
+    """cProfile (CPU time) of ``turns`` turns, each recovering once when ``failing``."""
+    import cProfile
+    import pstats
+
+    plan = FaultPlan(
+        responses={n: FailResponse() for n in range(1, 2 * turns + 8, 2)} if failing else {}
+    )
+    async with RealtimeEmulator(plan) as emu:
+        async with SessionHarness(emu, max_retry=3, retry_interval=0.05, timeout=2.0) as h:
+            for _ in range(2):
+                await _turn(h)
+            gc.collect()
+            gc.disable()
+            prof = cProfile.Profile(time.process_time)
+            try:
+                prof.enable()
+                for _ in range(turns):
+                    await _turn(h)
+                prof.disable()
+            finally:
+                gc.enable()
+    rows: dict[str, dict[str, float]] = {}
+    for (filename, line, name), (_cc, nc, tt, ct, _callers) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+        short = filename.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
+        rows[f"{short}:{line}({name})"] = {
+            "calls": nc / turns,
+            "own_ms": tt * 1000 / turns,
+            "cum_ms": ct * 1000 / turns,
+        }
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=60)
+    parser.add_argument("--profile-turns", type=int, default=60)
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+
+    stages = {
+        variant: asyncio.run(timeline(args.samples, python_listeners=variant == "python"))
+        for variant in ("builtin", "python")
+    }
+    for variant, figures in stages.items():
+        print(f"\nlisteners: {variant}; recovered turns: {len(figures['total beyond backoff'])}")
+        print(f"{'stage':<30} {'p50 ms':>8} {'p95 ms':>8}")
+        for stage, values in figures.items():
+            if values:
+                print(f"{stage:<30} {_pct(values, 50):8.2f} {_pct(values, 95):8.2f}")
+
+    happy = asyncio.run(profile(args.profile_turns, failing=False))
+    failing = asyncio.run(profile(args.profile_turns, failing=True))
+    total = {k: sum(r["own_ms"] for r in rows.values()) for k, rows in (("happy", happy),
+             ("recovered", failing))}  # fmt: skip
+    print(f"\nCPU per turn (cProfile): happy {total['happy']:.2f} ms, "
+          f"recovered {total['recovered']:.2f} ms")  # fmt: skip
+    delta = sorted(
+        ((r["cum_ms"] - happy.get(k, {}).get("cum_ms", 0.0), k, r) for k, r in failing.items()),
+        key=lambda x: -x[0],
+    )
+    print(f"\n{'cum ms more per recovered turn':>10}  {'calls':>6}  function")
+    for d, k, r in delta[:40]:
+        print(f"{d:10.3f}  {r['calls'] - happy.get(k, {}).get('calls', 0.0):6.1f}  {k}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps({"stages": stages, "happy": happy, "recovered": failing}, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
