@@ -167,10 +167,8 @@ FINDINGS: dict[str, tuple[Example, str | None]] = {
                 Step(GenerateReply()),
             ),
         ),
-        "single_create_in_flight + recoverable_flag_per_contract: a generate_reply right after "
-        "a server-VAD turn sends response.create while the server's response is active; the "
-        "speech fails with conversation_already_has_active_response and no recoverable=False "
-        "error (upstream race, pristine does the same)",
+        None,  # a generate_reply right after a server-VAD turn waits for the server's response
+        # (patch 0017); pristine sends it at once and it is refused
     ),
     "vad_turn_race_deleted_item_kept": (
         Example(
