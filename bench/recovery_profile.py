@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import sys
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from worker import _turn  # noqa: E402
+from worker import _turn, profile_turns  # noqa: E402
 
 from testbed.harness import SessionHarness  # noqa: E402
 from testbed.realtime_emulator import FailResponse, FaultPlan, RealtimeEmulator  # noqa: E402
@@ -212,28 +211,14 @@ async def timeline(samples: int, *, python_listeners: bool) -> dict[str, list[fl
 
 async def profile(turns: int, failing: bool) -> dict[str, dict[str, float]]:
     """cProfile (CPU time) of ``turns`` turns, each recovering once when ``failing``."""
-    import cProfile
-    import pstats
-
     plan = FaultPlan(
         responses={n: FailResponse() for n in range(1, 2 * turns + 8, 2)} if failing else {}
     )
     async with RealtimeEmulator(plan) as emu:
         async with SessionHarness(emu, max_retry=3, retry_interval=0.05, timeout=2.0) as h:
-            for _ in range(2):
-                await _turn(h)
-            gc.collect()
-            gc.disable()
-            prof = cProfile.Profile(time.process_time)
-            try:
-                prof.enable()
-                for _ in range(turns):
-                    await _turn(h)
-                prof.disable()
-            finally:
-                gc.enable()
+            stats = await profile_turns(h, turns, warm_up=2)
     rows: dict[str, dict[str, float]] = {}
-    for (filename, line, name), (_cc, nc, tt, ct, _callers) in pstats.Stats(prof).stats.items():  # type: ignore[attr-defined]
+    for (filename, line, name), (nc, tt, ct) in stats.items():
         short = filename.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
         rows[f"{short}:{line}({name})"] = {
             "calls": nc / turns,

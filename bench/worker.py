@@ -456,30 +456,39 @@ async def suite_soak(sessions: int, turns: int, seed: int) -> dict[str, Any]:
     }
 
 
-async def suite_profile(turns: int) -> dict[str, Any]:
-    """cProfile of happy-path turns: per function, own and cumulative ms per turn."""
+async def profile_turns(
+    h: SessionHarness, turns: int, *, warm_up: int = 3
+) -> dict[tuple[str, int, str], tuple[int, float, float]]:
+    """cProfile of ``turns`` turns of ``h`` after ``warm_up`` ones: per function (file, line,
+    name), its calls, own and cumulative CPU seconds."""
     import cProfile
     import pstats
 
-    async with RealtimeEmulator() as emu, SessionHarness(emu) as h:
-        for _ in range(3):
+    for _ in range(warm_up):
+        await _turn(h)
+    # the cyclic GC would charge its pauses to whichever function allocates when it runs;
+    # allocation is measured apart (alloc_bytes_per_turn), so it is paused while profiling
+    gc.collect()
+    gc.disable()
+    # CPU time, not wall time: the machine's other load must not be charged to a function
+    prof = cProfile.Profile(time.process_time)
+    try:
+        prof.enable()
+        for _ in range(turns):
             await _turn(h)
-        # the cyclic GC would charge its pauses to whichever function allocates when it runs;
-        # allocation is measured apart (alloc_bytes_per_turn), so it is paused while profiling
-        gc.collect()
-        gc.disable()
-        # CPU time, not wall time: the machine's other load must not be charged to a function
-        prof = cProfile.Profile(time.process_time)
-        try:
-            prof.enable()
-            for _ in range(turns):
-                await _turn(h)
-            prof.disable()
-        finally:
-            gc.enable()
+        prof.disable()
+    finally:
+        gc.enable()
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    return {key: (nc, tt, ct) for key, (_cc, nc, tt, ct, _callers) in stats.items()}
+
+
+async def suite_profile(turns: int) -> dict[str, Any]:
+    """cProfile of happy-path turns: per function, own and cumulative ms per turn."""
+    async with RealtimeEmulator() as emu, SessionHarness(emu) as h:
+        stats = await profile_turns(h, turns)
     rows = []
-    for (filename, line, name), (_cc, nc, tt, ct, _callers) in stats.items():
+    for (filename, line, name), (nc, tt, ct) in stats.items():
         if "livekit" not in filename or "testbed/" in filename:
             continue
         short = filename.split("site-packages/")[-1]
