@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from worker import _turn, profile_turns  # noqa: E402
+from worker import profile_turns, recovered_turn  # noqa: E402
 
 from testbed.harness import SessionHarness  # noqa: E402
 from testbed.realtime_emulator import FailResponse, FaultPlan, RealtimeEmulator  # noqa: E402
@@ -162,22 +162,18 @@ async def timeline(samples: int, *, python_listeners: bool) -> dict[str, list[fl
                     lambda ev: stamps.append((time.monotonic(), f"sent:{ev.get('type')}")),
                 )
                 for _ in range(samples):
-                    n0, s0 = len(emu.responses), len(stamps)
-                    await _turn(h)
-                    recs = emu.responses[n0:]
-                    failed = next((r for r in recs if r.status == "failed"), None)
-                    if failed is None or failed.done_at is None:
+                    s0 = len(stamps)
+                    recovered = await recovered_turn(h, emu)
+                    if recovered is None:
                         continue
-                    after = [r for r in recs if r.requested_at >= failed.done_at]
-                    if not after:
-                        continue
-                    marks = [(t, what) for t, what in stamps[s0:] if t >= failed.done_at]
+                    failed_at, reissued_at = recovered
+                    marks = [(t, what) for t, what in stamps[s0:] if t >= failed_at]
 
                     def first(what: str, since: float, marks: list = marks) -> float:
                         return next(t for t, w in marks if w == what and t >= since)
 
                     try:
-                        t_engine = first("recv:response.done", failed.done_at)
+                        t_engine = first("recv:response.done", failed_at)
                         t_seen = first("outcome seen", t_engine)
                         t_report = first("report:start", t_seen)
                         t_reported = first("report:end", t_report)
@@ -186,9 +182,9 @@ async def timeline(samples: int, *, python_listeners: bool) -> dict[str, list[fl
                         t_create = first("sent:response.create", t_woke)
                     except StopIteration:
                         continue  # a turn that did not take this path (none expected)
-                    t_emu = after[0].requested_at
+                    t_emu = reissued_at
                     stages = [
-                        t_engine - failed.done_at,
+                        t_engine - failed_at,
                         t_seen - t_engine,
                         t_reported - t_report,
                         (t_report - t_seen) + (t_sleep - t_reported),
@@ -198,7 +194,7 @@ async def timeline(samples: int, *, python_listeners: bool) -> dict[str, list[fl
                     ]
                     for stage, value in zip(STAGES, stages, strict=True):
                         out[stage].append(value * 1000)
-                    out["total beyond backoff"].append((t_emu - failed.done_at) * 1000 - BACKOFF_MS)
+                    out["total beyond backoff"].append((t_emu - failed_at) * 1000 - BACKOFF_MS)
                     out["items deleted"].append(
                         sum(1 for _, w in marks if w == "sent:conversation.item.delete")
                     )

@@ -94,6 +94,19 @@ async def suite_success(p: float, turns: int, max_retry: int, seed: int) -> dict
     }
 
 
+async def recovered_turn(h: SessionHarness, emu: RealtimeEmulator) -> tuple[float, float] | None:
+    """One turn of ``h``: when its response failed and when the emulator got the re-issued
+    ``response.create`` (monotonic), or None if no response failed or none was asked again."""
+    n0 = len(emu.responses)
+    await _turn(h)
+    recs = emu.responses[n0:]
+    failed = next((r for r in recs if r.status == "failed"), None)
+    if failed is None or failed.done_at is None:
+        return None
+    after = [r for r in recs if r.requested_at >= failed.done_at]
+    return (failed.done_at, after[0].requested_at) if after else None
+
+
 async def suite_recovery(samples: int) -> dict[str, Any]:
     # odd responses fail before output, even ones succeed: each turn recovers once
     plan = FaultPlan(responses={n: FailResponse() for n in range(1, 2 * samples + 2, 2)})
@@ -111,19 +124,14 @@ async def suite_recovery(samples: int) -> dict[str, Any]:
             h.audio.capture_frame = capture_frame  # type: ignore[method-assign]
             rtt = await _loopback_rtt(emu)
             for _ in range(samples):
-                n0 = len(emu.responses)
                 f0 = len(frame_times)
-                await _turn(h)
-                recs = emu.responses[n0:]
-                failed = next((r for r in recs if r.status == "failed"), None)
-                if failed is None or failed.done_at is None:
-                    continue
-                after = [r for r in recs if r.requested_at >= failed.done_at]
-                if not after:
+                recovered = await recovered_turn(h, emu)
+                if recovered is None:
                     continue  # not re-issued (pristine)
-                to_create.append((after[0].requested_at - failed.done_at) * 1000)
+                failed_at, reissued_at = recovered
+                to_create.append((reissued_at - failed_at) * 1000)
                 if len(frame_times) > f0:
-                    to_audio.append((frame_times[f0] - failed.done_at) * 1000)
+                    to_audio.append((frame_times[f0] - failed_at) * 1000)
     return {
         "samples": samples,
         "backoff_ms": FIRST_RETRY_BACKOFF * 1000,
