@@ -107,19 +107,26 @@ pristine-check: venv-pristine ## the regression tests must fail on pristine upst
 	$(PRISTINE_VENV)/bin/python -m pytest --pristine $(PYTEST_ARGS)
 	$(PRISTINE_VENV)/bin/python -m pytest testbed/test_pins.py -q
 
-# the last commit whose series predates review round 1: its review tests must fail there
-REVIEW_BASE ?= 6b87b3c
+# ROUND:COMMIT per review round: the last commit whose series predates that round's fixes;
+# the round's review tests must fail there (round 1: the 9-patch series; round 2: 21 patches)
+REVIEW_BASES ?= 1:6b87b3c 2:ad4315c
 REVIEW_TREE := build/review-base
-review-check: venv ## the review-marked tests must fail on the series at REVIEW_BASE
-ifeq ($(strip $(REVIEW_BASE)),)
-	@echo "review-check: skipped (give REVIEW_BASE=<git ref of the series before the review>)"
+review-check: venv ## the review-marked tests of each round must fail on the series before its fixes
+ifeq ($(strip $(REVIEW_BASES)),)
+	@echo "review-check: skipped (give REVIEW_BASES=<round>:<git ref of the series before it> ...)"
 else
-	rm -rf $(REVIEW_TREE) && git worktree prune
-	git worktree add --detach $(REVIEW_TREE) $(REVIEW_BASE)
-	mkdir -p $(REVIEW_TREE)/.cache && cp -r .cache/sdist $(REVIEW_TREE)/.cache/
-	$(MAKE) -C $(REVIEW_TREE) venv
-	$(REVIEW_TREE)/.venv/bin/python -m pytest --reproduce=review $(PYTEST_ARGS); \
-	  status=$$?; git worktree remove --force $(REVIEW_TREE); exit $$status
+	@set -e; for spec in $(REVIEW_BASES); do \
+	  round=$${spec%%:*}; base=$${spec#*:}; \
+	  echo "review-check: round $$round on the series at $$base"; \
+	  rm -rf $(REVIEW_TREE) && git worktree prune; \
+	  git worktree add --detach $(REVIEW_TREE) $$base; \
+	  mkdir -p $(REVIEW_TREE)/.cache && cp -r .cache/sdist $(REVIEW_TREE)/.cache/; \
+	  $(MAKE) -C $(REVIEW_TREE) venv; \
+	  status=0; $(REVIEW_TREE)/.venv/bin/python -m pytest --reproduce=review:$$round $(PYTEST_ARGS) \
+	    || status=$$?; \
+	  git worktree remove --force $(REVIEW_TREE); \
+	  if [ $$status -ne 0 ]; then exit $$status; fi; \
+	done
 endif
 
 UPSTREAM ?=

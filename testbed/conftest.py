@@ -8,7 +8,8 @@ wrong reason. A summary table lists each test and the symptom it reproduced. The
 to run on a build whose version carries a local label (``+``), i.e. a patched build.
 
 ``--reproduce=review`` does the same for the ``review``-marked tests, on the build of the series
-before the review's fixes (``make review-check`` builds it from ``REVIEW_BASE``).
+before the review's fixes; ``--reproduce=review:2`` takes only those of ``review(round=2)``
+(``make review-check`` builds each round's base from ``REVIEW_BASES``).
 """
 
 from __future__ import annotations
@@ -52,8 +53,20 @@ def _reproduce_mark(config: pytest.Config) -> str | None:
     """The marker whose tests must fail on the installed build, or None for a normal run."""
     if config.getoption("pristine"):
         return "regression"
-    mark: str | None = config.getoption("reproduce")
-    return mark
+    spec: str | None = config.getoption("reproduce")
+    return spec.partition(":")[0] if spec else None
+
+
+def _reproduce_round(config: pytest.Config) -> int | None:
+    """The review round given as ``--reproduce=MARK:ROUND``, or None for every round."""
+    spec: str | None = config.getoption("reproduce")
+    if not spec or not spec.partition(":")[2]:
+        return None
+    return int(spec.partition(":")[2])
+
+
+def _in_round(marker: pytest.Mark, round_: int | None) -> bool:
+    return round_ is None or marker.kwargs.get("round", next(iter(marker.args), None)) == round_
 
 
 def _versions() -> dict[str, str]:
@@ -123,8 +136,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     selected: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
+    round_ = _reproduce_round(config)
     for item in items:
-        (selected if item.get_closest_marker(mark) else deselected).append(item)
+        marker = item.get_closest_marker(mark)
+        (selected if marker and _in_round(marker, round_) else deselected).append(item)
     for item in selected:
         item.own_markers[:] = [m for m in item.own_markers if m.name != "xfail"]
         if any(m.name == "xfail" for m in item.iter_markers()):
