@@ -28,9 +28,10 @@ Invariants (``INVARIANTS``; names as reported)
   silent end.
 - ``no_unhandled_exception``: the ``ExceptionGuard`` saw no unhandled asyncio exception and no
   "Task/Future exception was never retrieved" (after teardown and gc).
-- ``one_error_per_cause``: the session's ``error`` events are no more than the failure causes
-  seen on the wire (plus the one error with which the engine gives up, when the session closes
-  or a fallback adapter takes over; error contract 3 and 6 in docs/error-contract.md) (a
+- ``one_error_per_cause``: the session's ``error`` events, besides each failed turn's one report
+  that it gave up (error contract 2 in docs/error-contract.md), are no more than the failure
+  causes seen on the wire (plus the one error with which the engine gives up, when the session
+  closes or a fallback adapter takes over; error contract 3 and 6) (a
   failed / rejected / dropped / unanswered response; a connection attempt rejected, hung,
   abandoned or dropped in its handshake; a server close that no dropped or failed response
   explains), and with no cause at all there is no error event and no handle
@@ -41,8 +42,8 @@ Invariants (``INVARIANTS``; names as reported)
   rejected-request code: the turn ends with it, docs/error-contract.md contract 2); an error with
   ``recoverable=False`` is followed by a handle ending with an exception, a fallback swap or
   the session's close; and a handle that ends with an exception (no shutdown involved) had a
-  ``recoverable=False`` error, unless it ended with a refused request or with a failure the
-  session reported as a connection fault (docs/error-contract.md contract 3).
+  ``recoverable=False`` error (its own report that it gave up, or the session's fatal one),
+  unless it ended with a failure asking again could not help (a refused request).
 - ``attempts_bounded``: ``response.create`` s are at most ``(max_retry + 1)`` per turn trigger
   (``generate_reply``, VAD turn, tool reply, fallback swap); per emulator, consecutive
   connection attempts without a healthy one between them (a connection that completed a
@@ -74,7 +75,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from livekit import rtc
-from livekit.agents import APIConnectionError, llm
+from livekit.agents import llm
 from livekit.agents.llm._realtime import openai as engine
 from livekit.agents.voice.events import ErrorEvent, SpeechCreatedEvent
 from livekit.agents.voice.speech_handle import SpeechHandle
@@ -250,8 +251,12 @@ class HandleRecord:
     exception: str | None
     chat_items: int
     ended_at: float | None
-    ends_without_terminal_error: bool = False
-    """it ended with a refused request or a connection fault (see _ends_without_terminal_error)"""
+    give_up_reports: int = 0
+    """error events whose error is the exception the speech ended with: the turn's own report
+    that it gave up (error contract 2, docs/error-contract.md)"""
+    not_retryable: bool = False
+    """it ended with a failure asking again could not help (a refused request, a closed
+    session): the session's report stands for it, the turn adds none"""
 
 
 @dataclass
@@ -440,10 +445,15 @@ async def run_example(ex: Example) -> Observation:
                 exception=(repr(x.exception()) if x.done() and x.exception() else None),
                 chat_items=len(x.chat_items),
                 ended_at=ended.get(id(x)),
-                ends_without_terminal_error=bool(
+                give_up_reports=sum(
+                    1
+                    for _, ev in errors
+                    if x.done() and x.exception() is not None and ev.error.error is x.exception()
+                ),
+                not_retryable=bool(
                     x.done()
-                    and (exc := x.exception()) is not None
-                    and _ends_without_terminal_error(exc)
+                    and isinstance(exc := x.exception(), llm.RealtimeError)
+                    and not exc.retryable
                 ),
             )
             for x, src in handles
@@ -555,19 +565,6 @@ def _refused(error: object) -> bool:
         if body is not None
         else False
     )
-
-
-def _ends_without_terminal_error(exc: BaseException) -> bool:
-    """A turn may end with this exception and no ``recoverable=False`` error (the error contract):
-    a refused request, or a failure the session reported itself as a connection fault."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, llm.RealtimeError) and cause.retryable is False:
-            return True
-        if isinstance(cause, APIConnectionError) and "attempts" not in str(cause):
-            return True
-        cause = cause.__cause__
-    return False
 
 
 def failure_causes(emus: list[RealtimeEmulator]) -> tuple[int, list[str]]:
@@ -785,9 +782,15 @@ def check(ex: Example, obs: Observation) -> list[Violation]:
     if obs.unhandled:
         fail("no_unhandled_exception", "; ".join(obs.unhandled)[:500])
 
-    # one_error_per_cause
+    # one_error_per_cause: a turn that gave up adds one report of its own (error contract 2)
     n_causes, causes = failure_causes(emus)
-    n_errors = len(obs.errors)
+    n_errors = len(obs.errors) - sum(hr.give_up_reports for hr in obs.handles)
+    for i, hr in enumerate(obs.handles, 1):
+        if hr.give_up_reports > 1:
+            fail(
+                "one_error_per_cause",
+                f"speech {i} ({hr.source}) reported that it gave up {hr.give_up_reports} times",
+            )
     # error contract 3 (docs/error-contract.md): once the engine gives up on the connection it
     # reports that itself, after the per-connection errors (the error event of the last one came
     # at once)
@@ -843,7 +846,7 @@ def check(ex: Example, obs: Observation) -> list[Violation]:
             continue
         if shutdown and obs.shutdown_at is not None and hr.ended_at >= obs.shutdown_at - 0.05:
             continue
-        if hr.ends_without_terminal_error:
+        if hr.not_retryable:
             continue
         if ex.fallback is not None and emus[1].num_connections > 0:
             # error contract 6 (docs/error-contract.md): the adapter took over, so the turn's

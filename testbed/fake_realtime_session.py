@@ -3,11 +3,12 @@
 Each ``generate_reply`` (or server-created response) consumes the next :class:`Attempt`,
 which says what the response does before it ends and how it ends: the ``generate_reply``
 future rejected, a response created that fails (before or after its audio, after a function
-call), or one that completes. Like the OpenAI engine, the session reports how each response
-ended on ``GenerationCreatedEvent.outcome`` and raises ``RealtimeError(code=..., retryable=...)``,
-and it reports every failure on its own ``error`` event at once (recoverable unless fatal), the
-``RealtimeError`` chained from (``__cause__``) the error it reported. ``reports_errors=False``
-makes a plugin that reports failures only through the outcome.
+call), or one that completes. As the ``llm`` base classes ask of a plugin, the session reports
+how each response ended through ``GenerationCreatedEvent.done()`` with a
+``RealtimeError(code=..., retryable=...)``, and every failure on its own ``error`` event in the
+same step (recoverable unless fatal), the ``RealtimeError`` chained from (``__cause__``) the
+error it reported. ``reports_errors=False`` makes a plugin that reports failures only through
+``done()``.
 
 It records what the framework did to it: every ``generate_reply`` with its arguments and
 time, overlapping requests, interruptions, and the items deleted from the conversation.
@@ -64,7 +65,7 @@ class Attempt:
     """Until the event is set, the request goes unanswered (``generate_reply``), or the
     response stays active with its streams open (a server-created response)."""
     outcome_hold: asyncio.Event | None = None
-    """Until the event is set, the ended response (its streams closed) reports no outcome."""
+    """Until the event is set, the ended response (its streams closed) reports no end."""
 
     @staticmethod
     def ok(text: str = "hello there", audio: float = 0.05) -> Attempt:
@@ -104,7 +105,7 @@ class _Response:
     function_ch: utils.aio.Chan[FunctionCall]
     text_ch: utils.aio.Chan[str] | None
     audio_ch: utils.aio.Chan[rtc.AudioFrame] | None
-    outcome: asyncio.Future[None]
+    event: GenerationCreatedEvent | None = None
     task: asyncio.Task[None] | None = None
     modalities: asyncio.Future[list[Literal["text", "audio"]]] = field(
         default_factory=asyncio.Future
@@ -286,7 +287,7 @@ class ScriptedRealtimeSession(RealtimeSession):
     # --- internals -------------------------------------------------------------
 
     def _fail(self, error: RealtimeError) -> None:
-        """Report a failure whose request or outcome already failed with ``error``."""
+        """Report a failure on the ``error`` event; ``error`` is chained from the report."""
         self.failures_at.append(time.time())
         if not self._model.reports_errors:
             return
@@ -313,19 +314,19 @@ class ScriptedRealtimeSession(RealtimeSession):
             function_ch=utils.aio.Chan(),
             text_ch=utils.aio.Chan() if attempt.message else None,
             audio_ch=utils.aio.Chan() if attempt.message else None,
-            outcome=asyncio.get_running_loop().create_future(),
         )
-        resp.outcome.add_done_callback(_retrieve)
         self._active = resp
         self.response_ids.append(resp.response_id)
-        resp.task = asyncio.create_task(self._run(resp, attempt))
-        return GenerationCreatedEvent(
+        resp.event = GenerationCreatedEvent(
             message_stream=resp.message_ch,
             function_stream=resp.function_ch,
             user_initiated=user_initiated,
             response_id=resp.response_id,
-            outcome=resp.outcome if self._model.reports_outcome else None,
         )
+        if self._model.reports_outcome:
+            self._track_generation(resp.event)
+        resp.task = asyncio.create_task(self._run(resp, attempt))
+        return resp.event
 
     async def _run(self, resp: _Response, attempt: Attempt) -> None:
         error: RealtimeError | None = None
@@ -371,10 +372,9 @@ class ScriptedRealtimeSession(RealtimeSession):
             if attempt.outcome_hold is not None:
                 await attempt.outcome_hold.wait()
             if error is not None:
-                resp.outcome.set_exception(error)
                 self._fail(error)
-            else:
-                resp.outcome.set_result(None)
+            assert resp.event is not None
+            self._end_generation(resp.event, error)
 
     def _emit_metrics(self, resp: _Response) -> None:
         self.emit(
@@ -417,9 +417,9 @@ class ScriptedRealtimeModel(RealtimeModel):
         self._label = "scripted.realtime.RealtimeModel"
         self.attempts = list(attempts or [])
         self.reports_outcome = reports_outcome
-        """False plays a plugin that predates ``GenerationCreatedEvent.outcome``."""
+        """False plays a plugin that does not track its generations (``done()`` is None)."""
         self.reports_errors = reports_errors
-        """False plays a plugin that reports failures only through the outcome."""
+        """False plays a plugin that reports failures only through ``done()``."""
         self.sessions: list[ScriptedRealtimeSession] = []
 
     @property

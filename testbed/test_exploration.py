@@ -106,7 +106,7 @@ def test_explore_shutdown(ex: Example) -> None:
     reason="history_agrees_with_server (racy): an item the client deleted on the server can stay "
     "in the local history (upstream race, pristine does the same). The update_chat_ctx race "
     "this family met (finding update_chat_ctx_cancelled_never_retrieved) is fixed by patch "
-    "0022; the family passes with --runxfail on the CI examples",
+    "0019; the family passes with --runxfail on the CI examples",
 )
 @_ci_settings("fallback")
 @given(ex=exploration.examples("fallback"))
@@ -240,7 +240,7 @@ FINDINGS: dict[str, tuple[Example, str | None]] = {
             ),
         ),
         None,  # update_chat_ctx cancelled by the caller's bound after a drop left
-        # '_GatheringFuture exception was never retrieved' (pristine does the same): patch 0022
+        # '_GatheringFuture exception was never retrieved' (pristine does the same): patch 0019
     ),
 }
 

@@ -180,8 +180,10 @@ async def test_exhausted_ends_turn_with_one_terminal_error() -> None:
         handle = await _reply(run)
 
         assert len(run.rt.requests) == 3
-        assert run.recoverable() == [True, True, False]
+        # the session's report of each attempt, then the turn's own that it gave up
+        assert run.recoverable() == [True, True, True, False]
         exc = handle.exception()
+        assert run.errors[-1].error.error is exc
         assert isinstance(exc, APIConnectionError)
         assert exc.message == "failed to generate realtime response after 3 attempts"
         assert isinstance(exc.__cause__, RealtimeError)
@@ -208,7 +210,7 @@ async def test_exhausted_turns_count_against_max_unrecoverable_errors() -> None:
             await asyncio.sleep(0.02)
         assert len(run.closes) == 1
         assert run.closes[0].error is not None
-        assert run.recoverable() == [False, False]
+        assert run.recoverable() == [True, False, True, False]
 
 
 async def test_max_retry_zero_disables_retry() -> None:
@@ -216,7 +218,7 @@ async def test_max_retry_zero_disables_retry() -> None:
         handle = await _reply(run)
 
         assert len(run.rt.requests) == 1
-        assert run.recoverable() == [False]
+        assert run.recoverable() == [True, False]
         exc = handle.exception()
         assert isinstance(exc, RealtimeError) and exc.code == "server_error"
 
@@ -381,7 +383,7 @@ async def test_no_retry_after_output_reached_the_user() -> None:
         handle = await _reply(run)
 
         assert len(run.rt.requests) == 1
-        assert run.recoverable() == [False]
+        assert run.recoverable() == [True, False]
         assert isinstance(handle.exception(), RealtimeError)
         # what the user heard is kept, as an interrupted message
         (msg,) = [
@@ -415,16 +417,16 @@ async def test_no_retry_after_a_function_call() -> None:
 
         assert calls == ["lookup"]
         # the failed response is not asked again; only the tool's reply is asked for. The turn
-        # carries on, so its failed attempt is reported as recoverable (review round 1)
+        # carries on, so only the session's recoverable report of the attempt is seen
         assert len(run.rt.requests) == 2
         assert run.recoverable() == [True]
         assert handle.exception() is None
         assert run.assistant_texts() == ["hello there"]
 
 
-@pytest.mark.parametrize("retryable", [False, None])
+@pytest.mark.parametrize("retryable", [False])
 @pytest.mark.parametrize("rejected", [True, False])
-async def test_not_retryable_is_not_retried(retryable: bool | None, rejected: bool) -> None:
+async def test_not_retryable_is_not_retried(retryable: bool, rejected: bool) -> None:
     attempt = (
         Attempt.rejected(retryable=retryable, code="invalid_value")
         if rejected
@@ -543,4 +545,4 @@ async def test_aclose_during_backoff_stops_the_retry() -> None:
 
 
 def test_realtime_error_defaults_to_unclassified() -> None:
-    assert llm.RealtimeError("boom").retryable is None
+    assert llm.RealtimeError("boom").retryable is False
