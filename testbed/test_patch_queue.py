@@ -555,3 +555,22 @@ def test_cover_is_regenerated_below_its_marker_and_checked(scratch: Path) -> Non
     assert _pq(scratch, "cover").returncode == 0
     assert "| yes, an API on its own. |" in cover.read_text()
     assert _pq(scratch, "check-cover").returncode == 0
+
+
+@pytest.mark.parametrize("line", ["1.8.9", "js-1.9.0"])
+def test_every_patch_is_authored_by_the_project(line: str) -> None:
+    # a patch sent upstream carries the project's identity, never a local default (a CLA
+    # check would refuse it); the commits made in the generated tree take the machine's
+    authors = {
+        path.name: next(
+            (ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("From: ")),
+            None,
+        )
+        for path in sorted((REPO / "patches" / line).glob("0*.patch"))
+    }
+    assert authors, f"no patches in patches/{line}"
+    wrong = {name: who for name, who in authors.items() if who != f"From: {PROJECT_AUTHOR}"}
+    assert not wrong, f"patches not authored by {PROJECT_AUTHOR}: {wrong}"
+
+
+PROJECT_AUTHOR = "rtretry <rtretry@users.noreply.github.com>"

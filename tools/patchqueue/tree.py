@@ -94,10 +94,10 @@ def _materialise(line: Line, sdists: dict[str, Path]) -> None:
     ugit(line, "config", "core.bare", "false")
     ugit(line, "config", "core.autocrlf", "false")
     ugit(line, "config", "status.showUntrackedFiles", "normal")
-    if not ugit(line, "config", "user.email", check=False).strip():
-        # a machine with no git identity (CI) can still commit in the generated tree
-        ugit(line, "config", "user.name", "rtretry")
-        ugit(line, "config", "user.email", "rtretry@users.noreply.github.com")
+    # commits made in the generated tree are the project's patches: they carry its identity,
+    # never the machine's (a patch sent upstream with a local identity fails the CLA check)
+    ugit(line, "config", "user.name", "rtretry")
+    ugit(line, "config", "user.email", "rtretry@users.noreply.github.com")
     exclude = ["/*"] + [f"!/{name}/" for name in top]
     (line.git_dir / "info").mkdir(exist_ok=True)
     (line.git_dir / "info" / "exclude").write_text("\n".join(exclude) + "\n")
