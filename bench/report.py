@@ -480,7 +480,8 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
             "both builds. The invariants: no speech ends silently, no overlapping "
             "`response.create`, the session does not close, and no more `error` events than "
             "causes (the failures on the wire, plus each request the client timed out: under "
-            "this load a 1 s `conn_options.timeout` can expire before a late answer).",
+            "this load a 1 s `conn_options.timeout` can expire before a late answer), besides "
+            "each failed turn's one report that it gave up.",
             "",
             _row(
                 [

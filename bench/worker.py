@@ -367,15 +367,22 @@ def soak_fault(rng: random.Random) -> ResponseFault | None:
 
 
 def _client_timeouts(h: SessionHarness) -> int:
-    """The session's errors that are a request timing out (``generate_reply timed out.``)."""
-    from livekit.agents import llm
+    """The session's errors that are a request timing out: the engine's ``APITimeoutError``
+    (this series reports it), or a turn's ``generate_reply timed out.`` (earlier builds)."""
+    from livekit.agents import APITimeoutError, llm
 
     return sum(
         1
         for e in h.errors
-        if isinstance(err := getattr(e.error, "error", None), llm.RealtimeError)
-        and "timed out" in str(err)
+        if isinstance(err := getattr(e.error, "error", None), APITimeoutError)
+        or (isinstance(err, llm.RealtimeError) and "timed out" in str(err))
     )
+
+
+def _give_up_reports(h: SessionHarness, failed: list[BaseException]) -> int:
+    """The session's errors that are a turn's own report that it gave up: the exception its
+    speech ended with (error contract 2, docs/error-contract.md)."""
+    return sum(1 for e in h.errors if any(getattr(e.error, "error", None) is x for x in failed))
 
 
 async def _soak_session(index: int, turns: int, seed: int, out: dict[str, Any]) -> None:
@@ -389,6 +396,7 @@ async def _soak_session(index: int, turns: int, seed: int, out: dict[str, Any]) 
         h = SessionHarness(emu, max_retry=3, retry_interval=0.05, timeout=1.0,
                            max_unrecoverable_errors=10**6)  # fmt: skip
         await h.start()
+        failed: list[BaseException] = []  # what the turns ended with
         try:
             for _ in range(turns):
                 if h.closed.is_set():
@@ -403,6 +411,8 @@ async def _soak_session(index: int, turns: int, seed: int, out: dict[str, Any]) 
                     out["violations"].append(f"session {index}: a speech not done in 15 s")
                     continue
                 out["latency_s"].append(time.perf_counter() - t0)
+                if (exc := handle.exception()) is not None:
+                    failed.append(exc)
                 ok = len(h.audio.frames) > before and handle.exception() is None
                 out["delivered"] += ok
                 if not handle.interrupted and handle.exception() is None and not handle.chat_items:
@@ -411,9 +421,15 @@ async def _soak_session(index: int, turns: int, seed: int, out: dict[str, Any]) 
             # a request the loaded machine could not get answered within conn_options.timeout
             # (1 s here) is a cause too, seen by the client only: the wire shows a late answer
             n_causes += _client_timeouts(h)
-            if len(h.errors) > n_causes:
+            # besides them, a turn that gave up reports it once, itself
+            give_ups = _give_up_reports(h, failed)
+            if give_ups > len(failed):
                 out["violations"].append(
-                    f"session {index}: {len(h.errors)} errors for {n_causes} causes"
+                    f"session {index}: {give_ups} give-up reports for {len(failed)} failed turns"
+                )
+            if len(h.errors) - give_ups > n_causes:
+                out["violations"].append(
+                    f"session {index}: {len(h.errors) - give_ups} errors for {n_causes} causes"
                 )
             if emu.overlapping_creates:
                 out["violations"].append(f"session {index}: overlapping response.create")
