@@ -199,7 +199,7 @@ async def test_exhausted_turns_count_against_max_unrecoverable_errors() -> None:
         [Attempt.fail(), Attempt.fail(), Attempt.fail()], max_retry=0, max_unrecoverable_errors=1
     ) as run:
         first = await _reply(run)
-        assert isinstance(first.exception(), RealtimeError)
+        assert isinstance(first.exception(), APIConnectionError)
         await asyncio.sleep(0.05)
         assert not run.closes
 
@@ -220,7 +220,8 @@ async def test_max_retry_zero_disables_retry() -> None:
         assert len(run.rt.requests) == 1
         assert run.recoverable() == [True, False]
         exc = handle.exception()
-        assert isinstance(exc, RealtimeError) and exc.code == "server_error"
+        assert isinstance(exc, APIConnectionError) and "after 1 attempt" in str(exc)
+        assert isinstance(exc.__cause__, RealtimeError) and exc.__cause__.code == "server_error"
 
 
 async def test_server_created_failure_is_asked_again_for_the_same_turn() -> None:
@@ -384,7 +385,7 @@ async def test_no_retry_after_output_reached_the_user() -> None:
 
         assert len(run.rt.requests) == 1
         assert run.recoverable() == [True, False]
-        assert isinstance(handle.exception(), RealtimeError)
+        assert isinstance(handle.exception(), APIConnectionError)
         # what the user heard is kept, as an interrupted message
         (msg,) = [
             i for i in run.session.history.items if i.type == "message" and i.role == "assistant"

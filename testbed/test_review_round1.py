@@ -402,12 +402,12 @@ async def test_contract_2_the_attempt_that_gives_up_is_not_recoverable(max_retry
         assert got[:-1] == ["APIError"] * (max_retry + 1), f"AgentSession listeners got {got}"
         exc = handle.exception()
         assert h.errors[-1].error.error is exc, "the give-up is not the error the turn ends with"
-        if max_retry == 0:
-            # as LLMStream at max_retry=0: the failure itself
-            assert isinstance(exc, llm.RealtimeError) and exc.code == "server_error", exc
-        else:
-            assert isinstance(exc, APIConnectionError), exc
-            assert str(exc.message).endswith(f"after {max_retry + 1} attempts")
+        # its own error, even after one attempt (review round 3: not the session's report again),
+        # chained from the last failure
+        assert isinstance(exc, APIConnectionError), exc
+        attempts = max_retry + 1
+        assert str(exc.message).endswith(f"after {attempts} attempt{'s' if attempts > 1 else ''}")
+        assert isinstance(exc.__cause__, llm.RealtimeError) and exc.__cause__.code == "server_error"
         assert emu.num_response_creates == max_retry + 1
         assert not h.closed.is_set(), "one failed turn closed the session"
     h.guard.assert_clean()
