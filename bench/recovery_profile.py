@@ -12,11 +12,14 @@ stamps sleeps of 50 ms or more):
 1. ``done -> engine``: the emulator sends the failed ``response.done``; the engine's receive
    loop has parsed it (``openai_server_event_received``) and fails the outcome.
 2. ``engine -> turn sees failure``: the turn unwinds the generation (forwarding tasks, tees,
-   outputs) until ``_wait_for_realtime_outcome`` returns the failure; a failed response that
-   opened an item also deletes it here (``_remove_realtime_items``: one round trip).
-3. ``error report``: ``AgentActivity._on_turn_error``: the session's ``error`` event.
-4. ``report -> backoff``: the rest of the retry decision, ``_update_agent_state("thinking")``.
-5. ``backoff overshoot``: the sleep as measured, minus the 100 ms asked for.
+   outputs) until ``_wait_for_realtime_done`` returns the failure.
+3. ``items removed``: a failed response that opened an item has it deleted
+   (``_remove_realtime_items``), here and on the server (one round trip).
+4. ``retry decision``: the rest, until the backoff starts (``_update_agent_state("thinking")``).
+5. ``backoff overshoot``: the sleep as measured, minus what was asked for. The backoff counts
+   from the failure (``GenerationDone.ended_at``), so the turn asks for 100 ms minus the time
+   stages 1-4 took after the engine ended the response: those stages are spent inside the
+   backoff, and the total beyond it is stage 1, the overshoot, and stages 6-7.
 6. ``backoff -> create queued``: ``generate_reply`` again, until ``response.create`` is queued.
 7. ``create queued -> emulator``: the write, until the emulator received it.
 
@@ -58,8 +61,8 @@ logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 STAGES = (
     "done -> engine",
     "engine -> turn sees failure",
-    "error report",
-    "report -> backoff",
+    "items removed",
+    "retry decision",
     "backoff overshoot",
     "backoff -> create queued",
     "create queued -> emulator",
@@ -85,7 +88,7 @@ class _SleepStamps:
     async def sleep(self, delay: float, result: Any = None) -> Any:
         if delay < 0.05:
             return await asyncio.sleep(delay, result)
-        self._stamps.append((time.monotonic(), "sleep:start"))
+        self._stamps.append((time.monotonic(), f"sleep:start:{delay}"))
         try:
             return await asyncio.sleep(delay, result)
         finally:
@@ -97,25 +100,25 @@ def _stamp_methods(stamps: list[tuple[float, str]]) -> list[tuple[type, str, Any
     from livekit.agents.voice.agent_activity import AgentActivity
 
     restore: list[tuple[type, str, Any]] = []
-    original_outcome = AgentActivity._wait_for_realtime_outcome
-    original_report = AgentActivity._on_turn_error
+    original_done = AgentActivity._wait_for_realtime_done
+    original_remove = AgentActivity._remove_realtime_items
 
-    async def wait_for_outcome(self: Any, *args: Any, **kwargs: Any) -> Any:
+    async def wait_for_done(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await original_outcome(self, *args, **kwargs)
+            return await original_done(self, *args, **kwargs)
         finally:
             stamps.append((time.monotonic(), "outcome seen"))
 
-    def on_turn_error(self: Any, *args: Any, **kwargs: Any) -> None:
-        stamps.append((time.monotonic(), "report:start"))
+    async def remove_items(self: Any, *args: Any, **kwargs: Any) -> Any:
+        stamps.append((time.monotonic(), "remove:start"))
         try:
-            original_report(self, *args, **kwargs)
+            return await original_remove(self, *args, **kwargs)
         finally:
-            stamps.append((time.monotonic(), "report:end"))
+            stamps.append((time.monotonic(), "remove:end"))
 
     for name, wrapper, original in (
-        ("_wait_for_realtime_outcome", wait_for_outcome, original_outcome),
-        ("_on_turn_error", on_turn_error, original_report),
+        ("_wait_for_realtime_done", wait_for_done, original_done),
+        ("_remove_realtime_items", remove_items, original_remove),
     ):
         setattr(AgentActivity, name, wrapper)
         restore.append((AgentActivity, name, original))
@@ -175,9 +178,13 @@ async def timeline(samples: int, *, python_listeners: bool) -> dict[str, list[fl
                     try:
                         t_engine = first("recv:response.done", failed_at)
                         t_seen = first("outcome seen", t_engine)
-                        t_report = first("report:start", t_seen)
-                        t_reported = first("report:end", t_report)
-                        t_sleep = first("sleep:start", t_reported)
+                        t_remove = first("remove:start", t_seen)
+                        t_removed = first("remove:end", t_remove)
+                        t_sleep, asked = next(
+                            (t, float(w.rsplit(":", 1)[1]))
+                            for t, w in marks
+                            if w.startswith("sleep:start:") and t >= t_removed
+                        )
                         t_woke = first("sleep:end", t_sleep)
                         t_create = first("sent:response.create", t_woke)
                     except StopIteration:
@@ -186,9 +193,9 @@ async def timeline(samples: int, *, python_listeners: bool) -> dict[str, list[fl
                     stages = [
                         t_engine - failed_at,
                         t_seen - t_engine,
-                        t_reported - t_report,
-                        (t_report - t_seen) + (t_sleep - t_reported),
-                        t_woke - t_sleep - BACKOFF_MS / 1000,
+                        t_removed - t_remove,
+                        (t_remove - t_seen) + (t_sleep - t_removed),
+                        t_woke - t_sleep - asked,
                         t_create - t_woke,
                         t_emu - t_create,
                     ]

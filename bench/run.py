@@ -184,6 +184,9 @@ def main() -> int:
     for key in ("to_create_ms", "to_audio_ms"):
         extra = [v - rec["backoff_ms"] for v in rec[key]]
         rec[f"{key}_beyond_backoff"] = {"p50": pct(extra, 50), "p95": pct(extra, 95)}
+    if rec.get("timer_overshoot_ms"):
+        late = rec["timer_overshoot_ms"]
+        rec["timer_overshoot"] = {"p50": pct(late, 50), "p95": pct(late, 95)}
     results["recovery"] = rec
     log(f"recovery: {rec['to_create_ms_beyond_backoff']}")
 

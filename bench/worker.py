@@ -123,6 +123,7 @@ async def suite_recovery(samples: int) -> dict[str, Any]:
 
             h.audio.capture_frame = capture_frame  # type: ignore[method-assign]
             rtt = await _loopback_rtt(emu)
+            timer = await _timer_overshoot(FIRST_RETRY_BACKOFF, rounds=40)
             for _ in range(samples):
                 f0 = len(frame_times)
                 recovered = await recovered_turn(h, emu)
@@ -138,7 +139,23 @@ async def suite_recovery(samples: int) -> dict[str, Any]:
         "to_create_ms": to_create,
         "to_audio_ms": to_audio,
         "loopback_rtt_ms": rtt,
+        "timer_overshoot_ms": timer,
     }
+
+
+async def _timer_overshoot(delay: float, rounds: int) -> list[float]:
+    """How late a bare ``asyncio.sleep`` of about ``delay`` wakes in this process, in ms: the
+    event loop's own floor for any backoff. The waits are ``delay`` minus 0 to 0.9 ms, as a
+    retry's is once the time since the failure is taken off: epoll waits in whole
+    milliseconds, so a fraction of one is rounded up, and the machine adds its wake-up
+    latency."""
+    late = []
+    for i in range(rounds):
+        wait = delay - (i % 10) / 10_000
+        t0 = time.monotonic()
+        await asyncio.sleep(wait)
+        late.append((time.monotonic() - t0 - wait) * 1000)
+    return late
 
 
 async def _loopback_rtt(emu: RealtimeEmulator, rounds: int = 20) -> float:
