@@ -215,30 +215,21 @@ def write(results: dict[str, Any], *, out: Path, raw_path: Path) -> None:
             ]
         )  # fmt: skip
     )
-    r50 = rec["to_create_ms_beyond_backoff"]["p50"]
-    lines.append(
-        _row(
-            [
-                "recovery overhead p50 beyond backoff (to re-issued create)",
-                "no retry",
-                _fmt(r50, " ms"),
-                GOALS["recovery_p50"],
-                "yes" if r50 is not None and r50 <= 20 else "**no**",
-            ]
-        )  # fmt: skip
-    )
-    r95 = rec["to_create_ms_beyond_backoff"]["p95"]
-    lines.append(
-        _row(
-            [
-                "recovery overhead p95 beyond backoff (to re-issued create)",
-                "no retry",
-                _fmt(r95, " ms"),
-                GOALS["recovery_p95"],
-                "yes" if r95 is not None and r95 < 2 else "**no**",
-            ]
-        )  # fmt: skip
-    )
+    # p50 and p95 of the same figure, each against its own goal
+    for q, goal, met in (("p50", "recovery_p50", lambda v: v <= 20),
+                         ("p95", "recovery_p95", lambda v: v < 2)):  # fmt: skip
+        r = rec["to_create_ms_beyond_backoff"][q]
+        lines.append(
+            _row(
+                [
+                    f"recovery overhead {q} beyond backoff (to re-issued create)",
+                    "no retry",
+                    _fmt(r, " ms"),
+                    GOALS[goal],
+                    "yes" if r is not None and met(r) else "**no**",
+                ]
+            )
+        )
     cpu = happy["cpu_ratio_median"]
     cpu_lo, cpu_hi = happy.get("cpu_ratio_ci95", [cpu, cpu])
     lines.append(

@@ -430,9 +430,9 @@ async def _soak_session(index: int, turns: int, seed: int, out: dict[str, Any]) 
                 out["latency_s"].append(time.perf_counter() - t0)
                 if (exc := handle.exception()) is not None:
                     failed.append(exc)
-                ok = len(h.audio.frames) > before and handle.exception() is None
+                ok = len(h.audio.frames) > before and exc is None
                 out["delivered"] += ok
-                if not handle.interrupted and handle.exception() is None and not handle.chat_items:
+                if not handle.interrupted and exc is None and not handle.chat_items:
                     out["violations"].append(f"session {index}: a speech ended silently")
             n_causes, _ = failure_causes([emu])
             # a request the loaded machine could not get answered within conn_options.timeout

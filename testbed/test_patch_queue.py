@@ -17,6 +17,8 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[1]
 LINE = "1.8.9"
+# the identity every exported patch carries (tools/patchqueue/tree.py sets it)
+PROJECT_AUTHOR = "rtretry <rtretry@users.noreply.github.com>"
 CACHE = REPO / ".cache" / "sdist" / LINE
 
 
@@ -571,6 +573,3 @@ def test_every_patch_is_authored_by_the_project(line: str) -> None:
     assert authors, f"no patches in patches/{line}"
     wrong = {name: who for name, who in authors.items() if who != f"From: {PROJECT_AUTHOR}"}
     assert not wrong, f"patches not authored by {PROJECT_AUTHOR}: {wrong}"
-
-
-PROJECT_AUTHOR = "rtretry <rtretry@users.noreply.github.com>"
