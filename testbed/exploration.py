@@ -32,7 +32,8 @@ Invariants (``INVARIANTS``; names as reported)
   that it gave up (error contract 2 in docs/error-contract.md), are no more than the failure
   causes seen on the wire (plus the one error with which the engine gives up, when the session
   closes or a fallback adapter takes over; error contract 3 and 6) (a
-  failed / rejected / dropped / unanswered response; a connection attempt rejected, hung,
+  failed / rejected / dropped / unanswered response; a response that calls a function its
+  request forbade with ``tool_choice="none"``; a connection attempt rejected, hung,
   abandoned or dropped in its handshake; a server close that no dropped or failed response
   explains), and with no cause at all there is no error event and no handle
   ends with an exception (an ``incomplete`` response is a normal end, not a cause).
@@ -453,7 +454,8 @@ async def run_example(ex: Example) -> Observation:
                 not_retryable=bool(
                     x.done()
                     and isinstance(exc := x.exception(), llm.RealtimeError)
-                    and not exc.retryable
+                    # pristine's RealtimeError has no classification: never retryable
+                    and not getattr(exc, "retryable", False)
                 ),
             )
             for x, src in handles
@@ -557,14 +559,23 @@ _FAILED_HANDSHAKE = ("rejected", "unauthorized", "hung", "abandoned", "dropped")
 def _refused(error: object) -> bool:
     """A provider error whose code the engine classifies as a refused (rejected) request."""
     body = getattr(error, "body", None)
-    return (
-        engine._classify_error(
+    classify = getattr(engine, "_classify_error", None)
+    if body is None or classify is None:
+        return False  # pristine classifies nothing: no request counts as refused
+    return bool(
+        classify(
             code=engine._error_field(body, "code"), error_type=engine._error_field(body, "type")
         )
         == "rejected_request"
-        if body is not None
-        else False
     )
+
+
+def _requested_tool_choice(emu: RealtimeEmulator, r: Any) -> object:
+    """The ``tool_choice`` of the ``response.create`` that asked for response ``r``, if any."""
+    for e in emu.events:
+        if e.type == "response.create" and e.data.get("event_id") == r.create_event_id:
+            return (e.data.get("response") or {}).get("tool_choice")
+    return None
 
 
 def failure_causes(emus: list[RealtimeEmulator]) -> tuple[int, list[str]]:
@@ -577,6 +588,8 @@ def failure_causes(emus: list[RealtimeEmulator]) -> tuple[int, list[str]]:
             fault = r.effective_fault
             if isinstance(fault, Malformed) and fault.kind in ("error_message_not_string",):
                 causes.append(f"emu{e_idx + 1} response {r.number} malformed error event")
+            if isinstance(fault, FunctionCall) and _requested_tool_choice(emu, r) == "none":
+                causes.append(f"emu{e_idx + 1} response {r.number} called a forbidden function")
         for c in emu.connections:
             if c.outcome in _FAILED_HANDSHAKE:
                 causes.append(f"emu{e_idx + 1} connection {c.number} {c.outcome}")
