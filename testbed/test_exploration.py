@@ -27,6 +27,7 @@ from .exploration import (
     Example,
     GenerateReply,
     Interrupt,
+    Say,
     Shutdown,
     Step,
     UpdateChatCtx,
@@ -196,6 +197,15 @@ FINDINGS: dict[str, tuple[Example, str]] = {
         ),
         "0027: the same, after session.interrupt(): the history and the server keep the same text",
     ),
+    "back_to_back_say_deleted_item_kept": (
+        Example(
+            max_retry=3,
+            plan=FaultPlan(connections={1: AcceptThenClose(after=0.0)}),
+            steps=(Step(Say(), gap=0.0), Step(Say())),
+        ),
+        "0030: the second say()'s context update no longer deletes the first say()'s message "
+        "on the server (found by make chaos on the 29-patch build)",
+    ),
     "engine_give_up_under_fallback": (
         Example(
             max_retry=0,
@@ -223,8 +233,8 @@ FINDINGS: dict[str, tuple[Example, str]] = {
             ),
             steps=(Step(GenerateReply(tool_choice="none")),),
         ),
-        "0029: a response that only calls a tool the turn forbade is a failed attempt: the tool "
-        "does not run and the turn ends with its error (max_retry=0), not silently",
+        "0029: a response that only calls a tool the turn forbade: the tool does not run and "
+        "the turn ends with one error of its own, not silently",
     ),
     "update_chat_ctx_cancelled_never_retrieved": (
         Example(
