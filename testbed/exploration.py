@@ -41,10 +41,10 @@ Invariants (``INVARIANTS``; names as reported)
 - ``recoverable_flag_per_contract``: after an error with ``recoverable=True`` something asks
   again (a ``response.create`` or a connection attempt), unless the user cancelled (interrupt,
   VAD turn, shutdown, drop), the session closed, a turn gave up on it with its own
-  ``recoverable=False`` report (its attempts spent, ``max_retry=0`` included), or the server
-  refused the request (a rejected-request code: the turn ends with it, docs/error-contract.md
-  contract 2); an error with
-  ``recoverable=False`` is followed by a handle ending with an exception, a fallback swap or
+  ``recoverable=False`` report (its attempts spent, ``max_retry=0`` included), a speech ended
+  with its reply after it (a transient ``error`` event during a response that completed), or
+  the server refused the request (a rejected-request code: the turn ends with it,
+  docs/error-contract.md contract 2); an error with ``recoverable=False`` is followed by a handle ending with an exception, a fallback swap or
   the session's close; and a handle that ends with an exception (no shutdown involved) had a
   ``recoverable=False`` error (its own report that it gave up, or the session's fatal one),
   unless it ended with a failure asking again could not help (a refused request).
@@ -871,10 +871,18 @@ def check(ex: Example, obs: Observation) -> list[Violation]:
         turn_gave_up = any(
             hr.give_up_reports and id(ev.error.error) in hr.gave_up_on for hr in obs.handles
         )
+        # the error cost no reply: a speech ended with its reply after it (a transient `error`
+        # event during a response that then completed)
+        replied_after = any(
+            hr.chat_items and hr.exception is None and hr.ended_at is not None and hr.ended_at >= t
+            for hr in obs.handles
+        )
         if recoverable is True:
             if _refused(ev.error.error):
                 continue
-            if not any(a > t for a in asks) and not (after_cancel or closed_after or turn_gave_up):
+            if not any(a > t for a in asks) and not (
+                after_cancel or closed_after or turn_gave_up or replied_after
+            ):
                 fail(
                     "recoverable_flag_per_contract",
                     f"{_describe_error(ev)} recoverable=True, but nothing asked again",
