@@ -44,10 +44,11 @@ Invariants (``INVARIANTS``; names as reported)
   ``recoverable=False`` report (its attempts spent, ``max_retry=0`` included), a speech ended
   with its reply after it (a transient ``error`` event during a response that completed), or
   the server refused the request (a rejected-request code: the turn ends with it,
-  docs/error-contract.md contract 2); an error with ``recoverable=False`` is followed by a handle ending with an exception, a fallback swap or
-  the session's close; and a handle that ends with an exception (no shutdown involved) had a
-  ``recoverable=False`` error (its own report that it gave up, or the session's fatal one),
-  unless it ended with a failure asking again could not help (a refused request).
+  docs/error-contract.md contract 2); an error with ``recoverable=False`` is followed by a
+  handle ending with an exception, a fallback swap or the session's close; and a handle that
+  ends with an exception (no shutdown involved) had a ``recoverable=False`` error (its own
+  report that it gave up, or the session's fatal one), unless it ended with a failure asking
+  again could not help (a refused request).
 - ``attempts_bounded``: ``response.create`` s are at most ``(max_retry + 1)`` per turn trigger
   (``generate_reply``, VAD turn, tool reply, fallback swap); per emulator, consecutive
   connection attempts without a healthy one between them (a connection that completed a
@@ -865,21 +866,24 @@ def check(ex: Example, obs: Observation) -> list[Violation]:
         recoverable = getattr(ev.error, "recoverable", None)
         after_cancel = any(c >= t - 0.05 for c in cancels)
         closed_after = close_time is not None and close_time >= t
-        # error contract 2: the session's report stays recoverable when a turn gives up on it
-        # (max_retry spent), and the turn reports that with its own recoverable=False error,
-        # chained from this very failure
-        turn_gave_up = any(
-            hr.give_up_reports and id(ev.error.error) in hr.gave_up_on for hr in obs.handles
-        )
-        # the error cost no reply: a speech ended with its reply after it (a transient `error`
-        # event during a response that then completed)
-        replied_after = any(
-            hr.chat_items and hr.exception is None and hr.ended_at is not None and hr.ended_at >= t
-            for hr in obs.handles
-        )
         if recoverable is True:
             if _refused(ev.error.error):
                 continue
+            # error contract 2: the session's report stays recoverable when a turn gives up on
+            # it (max_retry spent), and the turn reports that with its own recoverable=False
+            # error, chained from this very failure
+            turn_gave_up = any(
+                hr.give_up_reports and id(ev.error.error) in hr.gave_up_on for hr in obs.handles
+            )
+            # the error cost no reply: a speech ended with its reply after it (a transient
+            # `error` event during a response that then completed)
+            replied_after = any(
+                hr.chat_items
+                and hr.exception is None
+                and hr.ended_at is not None
+                and hr.ended_at >= t
+                for hr in obs.handles
+            )
             if not any(a > t for a in asks) and not (
                 after_cancel or closed_after or turn_gave_up or replied_after
             ):

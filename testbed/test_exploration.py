@@ -106,6 +106,9 @@ def test_explore_fallback(ex: Example) -> None:
 # ---------------------------------------------------------------------------------------------
 
 _REPLY = (Step(GenerateReply()),)
+_SLOW_REPLY = FaultPlan(reply=Reply(audio_deltas=25, delta_interval=0.02))
+"""a reply streamed over 500 ms: 150 ms in, text of it reached the user but none of its audio
+played (the sink plays a segment once it is flushed, at its end)"""
 
 FINDINGS: dict[str, tuple[Example, str]] = {
     "incomplete_max_output_tokens": (
@@ -179,9 +182,7 @@ FINDINGS: dict[str, tuple[Example, str]] = {
     "shutdown_mid_reply_deleted_item_kept": (
         Example(
             max_retry=1,
-            # a reply streamed over 200 ms: 50 ms in, text of it reached the user but none of
-            # its audio played (the sink plays a segment once it is flushed, at its end)
-            plan=FaultPlan(reply=Reply(audio_deltas=25, delta_interval=0.02)),
+            plan=_SLOW_REPLY,
             steps=(Step(GenerateReply(tool_choice="auto"), gap=0.15), Step(Shutdown(drain=False))),
         ),
         "0027: a reply whose text the user saw before any audio played is re-created on the "
@@ -192,7 +193,7 @@ FINDINGS: dict[str, tuple[Example, str]] = {
             max_retry=1,
             # the same defect without the close's race: the socket stays up, so the server
             # always carries out the delete
-            plan=FaultPlan(reply=Reply(audio_deltas=25, delta_interval=0.02)),
+            plan=_SLOW_REPLY,
             steps=(Step(GenerateReply(), gap=0.15), Step(Interrupt())),
         ),
         "0027: the same, after session.interrupt(): the history and the server keep the same text",
